@@ -1,0 +1,265 @@
+"""One UserPageAnalytics call: request, deadline, size limit, retries, Retry-After, and the few
+reasons a call can fail, each with a message that is safe to log."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from exporter import __version__
+from exporter.config import ApiConfig, Window
+from exporter.model import MalformedResponse, Page, decode_page
+
+PATH = "/api/v1/UserPageAnalytics"
+MAX_RETRY_AFTER = 86400.0
+_BACKOFF_CAP = 60.0
+# Long tokens and UUIDs in upstream text may be keys (service or user); never repeat them.
+_TOKENISH = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[A-Za-z0-9_\-+/=.]{24,}"
+)
+
+
+class Reason(StrEnum):
+    """Why a poll of a group failed; a small fixed set so it can be a label."""
+
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    HTTP_ERROR = "http_error"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    INVALID_RESPONSE = "invalid_response"
+    API_ERROR = "api_error"
+    TOO_LARGE = "too_large"
+
+
+_RETRYABLE = {Reason.RATE_LIMITED, Reason.SERVER_ERROR, Reason.TIMEOUT, Reason.CONNECTION}
+
+
+class ApiError(Exception):
+    """A failed call; `str()` is one safe line, `retry_after` the wait the upstream asked for."""
+
+    def __init__(self, reason: Reason, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.reason.value!r}, {str(self)!r})"
+
+
+class Stopped(Exception):
+    """The exporter is shutting down; the call was abandoned."""
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """Injected time: `monotonic` for deadlines, `wall` for request windows and HTTP dates,
+    `wait(seconds) -> stopped?` for backoff sleeps that a shutdown can interrupt."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    wait: Callable[[float], bool] = threading.Event().wait
+    random: Callable[[], float] = random.random
+
+
+def request_body(service_key: str, group: str, window: Window, now: float) -> dict[str, str]:
+    body = {
+        "service_key": service_key,
+        "start_timestamp": _rfc3339(now - window.seconds),
+        "end_timestamp": _rfc3339(now),
+    }
+    if group:
+        body["group_name"] = group
+    return body
+
+
+def _rfc3339(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date -> seconds to wait (bounded), None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class Client:
+    """Calls UserPageAnalytics for one group and window, within `api.timeout` in all."""
+
+    def __init__(
+        self,
+        api: ApiConfig,
+        transport: httpx.BaseTransport | None = None,
+        clocks: Clocks | None = None,
+        max_connections: int = 4,
+    ) -> None:
+        self._api = api
+        self._clocks = clocks or Clocks()
+        self._http = httpx.Client(
+            transport=transport,
+            headers={"User-Agent": f"windsurf-exporter/{__version__}"},
+            limits=httpx.Limits(max_connections=max_connections),
+            follow_redirects=False,
+        )
+        self._url = api.url + PATH
+        self._secrets = tuple(s for s in (api.service_key.reveal(),) if s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def fetch(
+        self,
+        group: str,
+        window: Window,
+        on_attempt: Callable[[str], None] = lambda outcome: None,
+    ) -> Page:
+        """One page, retrying what is worth retrying while the deadline allows.
+
+        Raises ApiError with the last failure, or Stopped when a shutdown interrupts a wait.
+        """
+        clocks = self._clocks
+        deadline = clocks.monotonic() + self._api.timeout
+        body = request_body(self._api.service_key.reveal(), group, window, clocks.wall())
+        attempt = 0
+        while True:
+            try:
+                page = self._attempt(body, deadline)
+            except ApiError as err:
+                on_attempt(err.reason.value)
+                delay = self._retry_delay(err, attempt, deadline)
+                if delay is None:
+                    raise
+                if clocks.wait(delay):
+                    raise Stopped from None
+                attempt += 1
+                continue
+            on_attempt("success")
+            return page
+
+    def _retry_delay(self, err: ApiError, attempt: int, deadline: float) -> float | None:
+        if err.reason not in _RETRYABLE or attempt >= self._api.retries:
+            return None
+        if err.retry_after is not None:
+            delay = err.retry_after
+        else:
+            step = min(_BACKOFF_CAP, self._api.retry_backoff * 2**attempt)
+            delay = step * (0.5 + self._clocks.random() / 2)
+        # Only retry when the wait leaves time for another attempt inside the deadline.
+        if self._clocks.monotonic() + delay >= deadline - 0.05:
+            return None
+        return delay
+
+    def _attempt(self, body: dict[str, str], deadline: float) -> Page:
+        remaining = deadline - self._clocks.monotonic()
+        if remaining <= 0:
+            raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s")
+        try:
+            with self._http.stream(
+                "POST", self._url, json=body, timeout=httpx.Timeout(remaining)
+            ) as response:
+                content = self._read(response, deadline)
+        except httpx.DecodingError:
+            raise ApiError(Reason.INVALID_RESPONSE, "reply body cannot be decompressed") from None
+        except httpx.TimeoutException:
+            raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s") from None
+        except httpx.TransportError as err:
+            raise ApiError(
+                Reason.CONNECTION, f"cannot reach {self._api.url}: {self._clean(str(err))}"
+            ) from None
+        return self._decode(response, content)
+
+    def _read(self, response: httpx.Response, deadline: float) -> bytes:
+        limit = self._api.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ApiError(Reason.TOO_LARGE, f"reply of {declared} bytes exceeds the {limit} limit")
+        chunks = []
+        size = 0
+        # Decoded bytes are what costs memory, so the limit applies after decompression.
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(Reason.TOO_LARGE, f"reply exceeds the {limit} byte limit")
+            if self._clocks.monotonic() > deadline:
+                raise ApiError(Reason.TIMEOUT, f"reply not complete within {self._api.timeout:g}s")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _decode(self, response: httpx.Response, content: bytes) -> Page:
+        status = response.status_code
+        document = _json(content)
+        upstream = ""
+        if isinstance(document, dict) and document.get("error") not in (None, ""):
+            upstream = self._clean(str(document["error"]))
+        if status >= 300:
+            raise self._status_error(response, upstream)
+        if document is _NOT_JSON:
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            raise ApiError(Reason.INVALID_RESPONSE, f"reply is not valid JSON ({kind})")
+        try:
+            page = decode_page(document)
+        except MalformedResponse as err:
+            raise ApiError(Reason.INVALID_RESPONSE, str(err)) from None
+        if page.error is not None:
+            raise ApiError(Reason.API_ERROR, f"the API answered with an error: {upstream}")
+        return page
+
+    def _status_error(self, response: httpx.Response, upstream: str) -> ApiError:
+        status = response.status_code
+        said = f": {upstream}" if upstream else ""
+        if status in (401, 403):
+            return ApiError(
+                Reason.AUTH,
+                f"HTTP {status}, the service key was refused (check it has Teams Read-only){said}",
+            )
+        if status == 404:
+            return ApiError(Reason.NOT_FOUND, f"HTTP 404, group not found{said}")
+        retry_after = parse_retry_after(response.headers.get("retry-after"), self._clocks.wall())
+        if status == 429:
+            return ApiError(Reason.RATE_LIMITED, f"HTTP 429, rate limited{said}", retry_after)
+        if status >= 500:
+            return ApiError(Reason.SERVER_ERROR, f"HTTP {status}{said}", retry_after)
+        return ApiError(Reason.HTTP_ERROR, f"HTTP {status}{said}")
+
+    def _clean(self, text: str) -> str:
+        """Upstream or library text made safe for one log line: no secrets, no newlines, short."""
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        text = _TOKENISH.sub("<redacted>", text)
+        text = " ".join(text.split())
+        return text[:200] + ("..." if len(text) > 200 else "")
+
+
+_NOT_JSON = object()
+
+
+def _json(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _NOT_JSON

@@ -1,0 +1,339 @@
+"""Flags, logging, wiring, signals and exit codes: the only module that knows them all."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import IO, Any
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from exporter import __version__
+from exporter.collector import Collector
+from exporter.config import Config, ConfigError, Secret, Window, load_config
+from exporter.demo import DEMO_GROUPS, DEMO_SERVICE_KEY, FakeWindsurf
+from exporter.poller import Poller
+from exporter.web import App, Server, load_web_config
+
+DEFAULT_PORT = 9929
+DEFAULT_CONFIG = "config.yaml"
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+log = logging.getLogger("exporter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="windsurf-exporter",
+        description="Prometheus exporter for Windsurf (Codeium) seat usage and prompt credits.",
+    )
+    add = parser.add_argument
+    add(
+        "--config.file",
+        dest="config_file",
+        default=None,
+        metavar="PATH",
+        help=f"YAML config file (default {DEFAULT_CONFIG}; optional with --demo)",
+    )
+    add(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the config, print the result and exit 0 (valid) or 1 (invalid)",
+    )
+    add(
+        "--web.listen-address",
+        dest="listen_address",
+        default=f":{DEFAULT_PORT}",
+        metavar="HOST:PORT",
+        help=f"address to serve on (default :{DEFAULT_PORT})",
+    )
+    add(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        metavar="PATH",
+        help="path of the metrics (default /metrics)",
+    )
+    add(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="PATH",
+        help="exporter-toolkit web config: TLS and basic auth",
+    )
+    add(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "error"],
+        help="minimum level logged (default info)",
+    )
+    add(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
+        help="log line format (default logfmt)",
+    )
+    add(
+        "--demo",
+        action="store_true",
+        help="serve a built-in fake Windsurf API with a synthetic team; no key needed",
+    )
+    add("--version", action="version", version=f"windsurf-exporter {__version__}")
+    return parser
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """`host:port`, `:port` (all interfaces) or `[v6]:port` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--web.listen-address: {value!r} must look like host:port or :port")
+    host = host.strip("[]")
+    return host or "0.0.0.0", int(port)
+
+
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+
+
+class Formatter(logging.Formatter):
+    """logfmt or JSON lines, with every known secret replaced however it got into the text."""
+
+    def __init__(self, style: str, secrets: Callable[[], Sequence[str]]) -> None:
+        super().__init__()
+        self._json = style == "json"
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": {"WARNING": "warn"}.get(record.levelname, record.levelname.lower()),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS})
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        if self._json:
+            line = json.dumps(fields, default=str, ensure_ascii=False)
+        else:
+            line = " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items())
+        for secret in self._secrets():
+            line = line.replace(secret, "<redacted>")
+        return line
+
+
+def _logfmt(value: Any) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' ="\\\n\t'):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def setup_logging(
+    level: str, style: str, secrets: Callable[[], Sequence[str]], stream: IO[str] | None = None
+) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(Formatter(style, secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def demo_config(url: str, base: Config | None = None) -> Config:
+    """The config --demo runs: the given one (or a showcase) pointed at the fake API."""
+    if base is None:
+        base = Config(
+            groups=DEMO_GROUPS, windows=(Window("7d", 7 * 86400.0), Window("30d", 30 * 86400.0))
+        )
+        base = replace(base, poll=replace(base.poll, interval=60.0))
+    api = replace(base.api, url=url, service_key=Secret(DEMO_SERVICE_KEY), service_key_file=None)
+    return replace(base, api=api)
+
+
+class Exporter:
+    """The running exporter: config, fake API (in demo mode), poller and web server."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        clock: Callable[[], float] = time.time,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.args = args
+        self.clock = clock
+        self.environ = os.environ if environ is None else environ
+        self._reload_lock = threading.Lock()
+        self.fake = FakeWindsurf(clock=clock).start() if args.demo else None
+        try:
+            self.config = self.load()
+            web = load_web_config(args.web_config_file)
+        except BaseException:
+            self._stop_fake()
+            raise
+        registry = CollectorRegistry()
+        for make in (ProcessCollector, PlatformCollector, GCCollector):
+            make(registry=registry)
+        self.poller = Poller(self.config)
+        self.app = App(
+            collector=Collector(registry),
+            snapshot=lambda: self.poller.snapshot,
+            clock=clock,
+            ready=self.poller.ready,
+            reload=self.reload,
+            config_summary=self.summary,
+            telemetry_path=args.telemetry_path,
+            web=web,
+        )
+        self.server: Server | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return self.config.redacted()
+
+    def secrets(self) -> list[str]:
+        config = self.config if hasattr(self, "config") else None
+        if config is None:
+            return []
+        return [
+            s
+            for s in (config.api.service_key.reveal(), config.labels.hash_salt.reveal())
+            if len(s) >= 4
+        ]
+
+    def load(self) -> Config:
+        path = self.args.config_file
+        if self.fake is not None:
+            base = load_config(path, self.environ, require_key=False) if path else None
+            return demo_config(self.fake.url, base)
+        return load_config(path or DEFAULT_CONFIG, self.environ)
+
+    def start(self) -> None:
+        host, port = parse_listen_address(self.args.listen_address)
+        self.server = Server((host, port), self.app)
+        threading.Thread(target=self.server.serve_forever, name="web", daemon=True).start()
+        for warning in self.config.warnings():
+            log.warning(warning)
+        log.info(
+            "starting windsurf-exporter",
+            extra={
+                "version": __version__,
+                "listen": self.server.url,
+                "telemetry_path": self.args.telemetry_path,
+                "demo": self.fake is not None,
+                "config": json.dumps(self.config.redacted(), separators=(",", ":")),
+            },
+        )
+        self.poller.start()
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the config; a bad one is logged and the running one kept."""
+        with self._reload_lock:
+            try:
+                config = self.load()
+            except ConfigError as err:
+                log.error(
+                    "config reload failed, keeping the running config: %s",
+                    "; ".join(err.problems),
+                    extra={"file": err.source},
+                )
+                return False, f"reload failed, running config kept:\n{err}"
+            self.config = config
+            for warning in config.warnings():
+                log.warning(warning)
+            self.poller.reconfigure(config)
+            log.info(
+                "config reloaded",
+                extra={"config": json.dumps(config.redacted(), separators=(",", ":"))},
+            )
+            return True, "config reloaded"
+
+    def stop(self) -> None:
+        self.poller.stop()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.drain(1.0)
+            self.server.server_close()
+        self._stop_fake()
+
+    def _stop_fake(self) -> None:
+        if self.fake is not None:
+            self.fake.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    holder: dict[str, Exporter] = {}
+    setup_logging(
+        args.log_level,
+        args.log_format,
+        lambda: holder["exporter"].secrets() if "exporter" in holder else [],
+    )
+    if args.config_check:
+        return _check(args)
+    try:
+        parse_listen_address(args.listen_address)
+        exporter = Exporter(args)
+    except ConfigError as err:
+        print(f"windsurf-exporter: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as err:
+        print(f"windsurf-exporter: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    holder["exporter"] = exporter
+    try:
+        exporter.start()
+    except OSError as err:
+        log.error("cannot listen on %s: %s", args.listen_address, err.strerror)
+        exporter.stop()
+        return EXIT_FAILURE
+
+    stopping = threading.Event()
+    reloading = threading.Event()
+    wake = threading.Event()
+
+    def on_stop(signum: int, frame: object) -> None:
+        stopping.set()
+        wake.set()
+
+    def on_hup(signum: int, frame: object) -> None:
+        reloading.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    while not stopping.is_set():
+        wake.wait()
+        wake.clear()
+        if reloading.is_set() and not stopping.is_set():
+            reloading.clear()
+            exporter.reload()
+    log.info("shutting down")
+    exporter.stop()
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    path = args.config_file or DEFAULT_CONFIG
+    try:
+        config = load_config(path, require_key=not args.demo)
+        load_web_config(args.web_config_file)
+    except ConfigError as err:
+        print(f"FAILED: {err}")
+        return EXIT_FAILURE
+    for warning in config.warnings():
+        print(f"WARNING: {warning}")
+    print(f"OK: {path} is valid ({len(config.groups)} group(s), {len(config.windows)} window(s))")
+    return 0

@@ -1,0 +1,198 @@
+"""Upstream JSON -> typed records, forgiving about what the Windsurf API really sends.
+
+Any field may be missing or null, 64-bit numbers may arrive as strings (protobuf JSON), times are
+RFC 3339 with 0-9 fraction digits and any offset. `apiKey` is never read into a record.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FEATURES = ("autocomplete", "chat", "command")
+_FEATURE_FIELDS = (
+    "lastAutocompleteUsageTime",
+    "lastChatUsageTime",
+    "lastCommandUsageTime",
+)
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:?\d\d)"
+)
+_APPROVED = "USER_TEAM_STATUS_APPROVED"
+
+
+def parse_time(value: Any) -> float | None:
+    """RFC 3339 -> Unix seconds; None for missing, malformed, or the zero time meaning 'never'."""
+    if not isinstance(value, str):
+        return None
+    match = _RFC3339.fullmatch(value.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second <= 60):
+        return None
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    offset = match.group(8)
+    if offset not in ("Z", "z"):
+        sign = -1 if offset[0] == "-" else 1
+        digits = offset[1:].replace(":", "")
+        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    if seconds <= 0:
+        return None
+    fraction = match.group(7)
+    return seconds + int(fraction) / 10 ** len(fraction) if fraction else float(seconds)
+
+
+def parse_number(value: Any) -> float | None:
+    """A JSON number or a numeric string -> float; None for anything else (bools included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_count(value: Any) -> float | None:
+    """Like parse_number, but absent or null is 0: protobuf JSON omits zero-valued fields."""
+    return 0.0 if value is None else parse_number(value)
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class UserStats:
+    """One user's row of a group, merged across the configured activeDays windows."""
+
+    email: str
+    name: str = ""
+    role: str = ""
+    team_status: str = ""
+    disabled: bool = False
+    signup: float | None = None
+    last_usage: tuple[float | None, float | None, float | None] = (None, None, None)
+    prompt_credits: float | None = None
+    active_days: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def last_any_usage(self) -> float | None:
+        used = [t for t in self.last_usage if t is not None]
+        return max(used) if used else None
+
+    @property
+    def idle_since(self) -> float | None:
+        """When the seat last did anything: its latest use, else when it joined."""
+        last = self.last_any_usage
+        return last if last is not None else self.signup
+
+    @property
+    def billable(self) -> bool:
+        return self.team_status == _APPROVED and not self.disabled
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One decoded UserPageAnalytics reply."""
+
+    rows: tuple[Mapping[str, Any], ...]
+    billing_start: float | None
+    billing_end: float | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupReport:
+    """Everything one group's poll produced: its users and billing cycle."""
+
+    users: tuple[UserStats, ...]
+    rows: int
+    skipped: int
+    billing_start: float | None = None
+    billing_end: float | None = None
+
+
+class MalformedResponse(ValueError):
+    """The reply is JSON but not the shape UserPageAnalytics promises."""
+
+
+def decode_page(document: Any) -> Page:
+    """Top-level reply -> Page; protobuf JSON omits an empty userTableStats: absent means none."""
+    if not isinstance(document, dict):
+        raise MalformedResponse(f"expected a JSON object, got {type(document).__name__}")
+    rows = document.get("userTableStats")
+    if rows is None:
+        rows = []
+    if not isinstance(rows, list):
+        raise MalformedResponse("userTableStats is not a list")
+    error = document.get("error")
+    return Page(
+        rows=tuple(rows),
+        billing_start=parse_time(document.get("billingCycleStart")),
+        billing_end=parse_time(document.get("billingCycleEnd")),
+        error=str(error) if error not in (None, "") else None,
+    )
+
+
+def build_report(pages: Sequence[tuple[str, Page]]) -> GroupReport:
+    """Merge one group's pages (one per window) into users keyed by email.
+
+    Rows without an email have no stable identity and are skipped; a repeated email keeps its
+    first row, so the exposition never holds duplicate series.
+    """
+    users: dict[str, dict[str, Any]] = {}
+    skipped = 0
+    for index, (window, page) in enumerate(pages):
+        for row in page.rows:
+            email = _text(row.get("email")).strip() if isinstance(row, dict) else ""
+            if not email:
+                skipped += index == 0
+                continue
+            if email not in users:
+                users[email] = {"row": row, "active": {}}
+            elif index == 0:
+                skipped += 1
+                continue
+            days = parse_count(row.get("activeDays"))
+            if days is not None:
+                users[email]["active"].setdefault(window, days)
+    first = pages[0][1] if pages else Page((), None, None, None)
+    return GroupReport(
+        users=tuple(_user(email, u["row"], u["active"]) for email, u in users.items()),
+        rows=len(first.rows),
+        skipped=skipped,
+        billing_start=first.billing_start,
+        billing_end=first.billing_end,
+    )
+
+
+def _user(email: str, row: Mapping[str, Any], active: Mapping[str, float]) -> UserStats:
+    usage = tuple(parse_time(row.get(f)) for f in _FEATURE_FIELDS)
+    return UserStats(
+        email=email,
+        name=_text(row.get("name")),
+        role=_text(row.get("role")),
+        team_status=_text(row.get("teamStatus")),
+        disabled=parse_bool(row.get("disableCodeium")),
+        signup=parse_time(row.get("signupTime")),
+        last_usage=(usage[0], usage[1], usage[2]),
+        prompt_credits=parse_count(row.get("promptCreditsUsed")),
+        active_days=dict(active),
+    )

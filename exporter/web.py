@@ -1,0 +1,375 @@
+"""HTTP: /metrics, the landing page, health, readiness and reload, behind optional TLS and basic
+auth configured in the exporter-toolkit web config format."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import yaml
+
+from exporter import __version__
+from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Collector
+from exporter.config import ConfigError
+from exporter.poller import Snapshot
+
+log = logging.getLogger("exporter.web")
+
+_CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_OPTIONAL,
+    "RequireAnyClientCert": ssl.CERT_REQUIRED,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+# Compared against when the user is unknown, so a wrong user name costs as much as a wrong password.
+_DUMMY_HASH = bcrypt.hashpw(b"unused", bcrypt.gensalt(rounds=4))
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The exporter-toolkit web config: TLS and basic auth for every endpoint."""
+
+    tls: ssl.SSLContext | None = None
+    users: Mapping[str, bytes] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def load_web_config(path: str | None) -> WebConfig:
+    """Read `--web.config.file`; problems are reported by key path like the main config."""
+    if not path:
+        return WebConfig()
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(path, [f"(file): cannot read: {err.__class__.__name__}"]) from None
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(path, ["(top level): must be a mapping"])
+    for key in raw:
+        if key not in ("tls_server_config", "basic_auth_users", "http_server_config"):
+            problems.append(f"{key}: unknown key")
+    tls = _tls_context(raw.get("tls_server_config"), problems)
+    users: dict[str, bytes] = {}
+    for user, hashed in (raw.get("basic_auth_users") or {}).items():
+        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            problems.append(f"basic_auth_users.{user}: must be a bcrypt hash")
+        else:
+            users[str(user)] = hashed.encode()
+    headers = (raw.get("http_server_config") or {}).get("headers") or {}
+    if not isinstance(headers, dict):
+        problems.append("http_server_config.headers: must be a mapping")
+        headers = {}
+    if problems:
+        raise ConfigError(path, problems)
+    return WebConfig(tls=tls, users=users, headers={str(k): str(v) for k, v in headers.items()})
+
+
+def _tls_context(raw: Any, problems: list[str]) -> ssl.SSLContext | None:
+    if not raw:
+        return None
+    if not isinstance(raw, dict):
+        problems.append("tls_server_config: must be a mapping")
+        return None
+    allowed = {
+        "cert_file",
+        "key_file",
+        "client_ca_file",
+        "client_auth_type",
+        "min_version",
+        "max_version",
+        "cipher_suites",
+        "curve_preferences",
+        "prefer_server_cipher_suites",
+    }
+    problems.extend(f"tls_server_config.{k}: unknown key" for k in raw if k not in allowed)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for key, attr in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
+        if key in raw:
+            if raw[key] not in _TLS_VERSIONS:
+                problems.append(f"tls_server_config.{key}: one of {', '.join(_TLS_VERSIONS)}")
+            else:
+                setattr(context, attr, _TLS_VERSIONS[raw[key]])
+    try:
+        context.load_cert_chain(raw.get("cert_file", ""), raw.get("key_file", ""))
+    except (OSError, ssl.SSLError) as err:
+        problems.append(f"tls_server_config.cert_file: cannot load with key_file: {err}")
+    auth = raw.get("client_auth_type", "NoClientCert")
+    if auth not in _CLIENT_AUTH:
+        problems.append(f"tls_server_config.client_auth_type: one of {', '.join(_CLIENT_AUTH)}")
+        return context
+    context.verify_mode = _CLIENT_AUTH[auth]
+    if raw.get("client_ca_file"):
+        try:
+            context.load_verify_locations(raw["client_ca_file"])
+        except (OSError, ssl.SSLError) as err:
+            problems.append(f"tls_server_config.client_ca_file: cannot load: {err}")
+    elif context.verify_mode != ssl.CERT_NONE:
+        problems.append(f"tls_server_config.client_ca_file: required by {auth}")
+    return context
+
+
+@dataclass
+class App:
+    """What the HTTP layer needs from the rest of the exporter, injected."""
+
+    collector: Collector
+    snapshot: Callable[[], Snapshot]
+    clock: Callable[[], float]
+    ready: threading.Event
+    reload: Callable[[], tuple[bool, str]]
+    config_summary: Callable[[], Mapping[str, Any]]
+    telemetry_path: str = "/metrics"
+    web: WebConfig = field(default_factory=WebConfig)
+
+
+class _Authenticator:
+    """Checks basic auth against bcrypt hashes, remembering good answers (bcrypt is slow)."""
+
+    def __init__(self, users: Mapping[str, bytes]) -> None:
+        self._users = users
+        self._good: set[str] = set()
+        self._lock = threading.Lock()
+
+    def check(self, header: str | None) -> bool:
+        if not self._users:
+            return True
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        hashed = self._users.get(user, _DUMMY_HASH)
+        token = hashlib.sha256(b"\0".join([user.encode(), password.encode(), hashed])).hexdigest()
+        with self._lock:
+            if token in self._good:
+                return True
+        ok = bcrypt.checkpw(password.encode(), hashed) and user in self._users
+        if ok:
+            with self._lock:
+                self._good.add(token)
+        return ok
+
+
+class Server(ThreadingHTTPServer):
+    """A threaded HTTP server whose TLS handshakes happen in the request thread, not the
+    accept loop, so one slow client cannot stall the others."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: App) -> None:
+        self.app = app
+        self.auth = _Authenticator(app.web.users)
+        self.active = 0
+        self.idle = threading.Condition()
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        tls = self.app.web.tls
+        if tls is not None:
+            request.settimeout(10)
+            try:
+                request = tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as err:
+                log.debug(
+                    "TLS handshake failed", extra={"client": client_address[0], "err": str(err)}
+                )
+                return
+        with self.idle:
+            self.active += 1
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            with self.idle:
+                self.active -= 1
+                self.idle.notify_all()
+
+    def drain(self, timeout: float) -> None:
+        """Wait for in-flight requests to finish, up to `timeout` seconds."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.active == 0, timeout)
+
+    @property
+    def url(self) -> str:
+        host, port = str(self.server_address[0]), self.server_address[1]
+        scheme = "https" if self.app.web.tls else "http"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{port}"
+
+
+def _wants_openmetrics(accept: str) -> bool:
+    for part in accept.split(","):
+        kind, *params = (p.strip() for p in part.split(";"))
+        if kind != "application/openmetrics-text":
+            continue
+        options = dict(p.partition("=")[::2] for p in params)
+        if options.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+            continue
+        if options.get("version", "1.0.0") in ("1.0.0", "0.0.1"):
+            return True
+    return False
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    for part in accept_encoding.split(","):
+        coding, *params = (p.strip() for p in part.split(";"))
+        if coding.lower() in ("gzip", "*"):
+            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00") for p in params)
+    return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"
+    server_version = f"windsurf-exporter/{__version__}"
+    timeout = 60
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format % args, extra={"client": self.client_address[0]})
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in {**self.server.app.web.headers, **(headers or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _authorized(self) -> bool:
+        if self.path.split("?")[0] == "/-/healthy":
+            return True  # says nothing about the data; lets container health checks work
+        if self.server.auth.check(self.headers.get("Authorization")):
+            return True
+        self._send(
+            HTTPStatus.UNAUTHORIZED,
+            b"Unauthorized\n",
+            headers={"WWW-Authenticate": 'Basic realm="windsurf-exporter"'},
+        )
+        return False
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        app = self.server.app
+        path = self.path.split("?")[0]
+        if path == app.telemetry_path:
+            self._metrics()
+        elif path == "/":
+            self._send(HTTPStatus.OK, landing_page(app).encode(), "text/html; charset=utf-8")
+        elif path == "/-/healthy":
+            self._send(HTTPStatus.OK, b"Healthy\n")
+        elif path == "/-/ready":
+            if app.ready.is_set():
+                self._send(HTTPStatus.OK, b"Ready\n")
+            else:
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"Not ready: first poll not done\n")
+        elif path == "/-/reload":
+            self._send(
+                HTTPStatus.METHOD_NOT_ALLOWED, b"Use POST to reload\n", headers={"Allow": "POST"}
+            )
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"Not found\n")
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        if not self._authorized():
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(min(length, 65536))
+        if self.path.split("?")[0] != "/-/reload":
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"Method not allowed\n")
+            return
+        ok, message = self.server.app.reload()
+        self._send(
+            HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR, (message + "\n").encode()
+        )
+
+    do_PUT = do_POST
+
+    def _metrics(self) -> None:
+        app = self.server.app
+        openmetrics = _wants_openmetrics(self.headers.get("Accept", ""))
+        gzip = _accepts_gzip(self.headers.get("Accept-Encoding", ""))
+        try:
+            body = app.collector.render(app.snapshot(), app.clock(), openmetrics, gzip)
+        except Exception:
+            log.exception("rendering metrics failed")
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"error rendering metrics\n")
+            return
+        headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gzip else {}
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        self._send(HTTPStatus.OK, body, content_type, headers)
+
+
+def landing_page(app: App) -> str:
+    """A page for people: links, per-group status and the config, with secrets redacted."""
+    rows = []
+    for state in app.snapshot().groups:
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(cell))}</td>"
+                for cell in (
+                    state.name or "(whole team)",
+                    "up" if state.up else "down",
+                    len(state.report.users) if state.report else "-",
+                    state.last_error.value if state.last_error else "-",
+                )
+            )
+            + "</tr>"
+        )
+    config = html.escape(json.dumps(app.config_summary(), indent=2))
+    path = html.escape(app.telemetry_path)
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Windsurf Exporter</title></head>
+<body>
+<h1>Windsurf Exporter</h1>
+<p>Prometheus exporter for Windsurf seat usage and prompt credits, version
+{html.escape(__version__)}.</p>
+<ul>
+<li><a href="{path}">Metrics</a></li>
+<li><a href="/-/healthy">Health</a> and <a href="/-/ready">readiness</a></li>
+</ul>
+<h2>Groups</h2>
+<table border="1" cellpadding="4">
+<tr><th>group</th><th>last poll</th><th>users</th><th>last error</th></tr>
+{"".join(rows)}
+</table>
+<h2>Configuration (secrets redacted)</h2>
+<pre>{config}</pre>
+</body></html>
+"""
