@@ -75,6 +75,7 @@ class Poller:
         self._due: dict[str, float] = {}
         self._running: set[str] = set()
         self._unpolled: set[str] = set()
+        self._retired: list[Client] = []  # replaced by a reload; closed once no poll uses them
         self._apply(config)
 
     @property
@@ -91,6 +92,9 @@ class Poller:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
+        with self._lock:
+            for client in [*self._retired, self._client]:
+                client.close()
 
     def reconfigure(self, config: Config) -> None:
         """Apply a new config: kept groups keep their data; new or changed ones poll at once."""
@@ -101,6 +105,8 @@ class Poller:
         with self._lock:
             old, self._config = self._config, config
             self._generation += 1
+            if old is not None:
+                self._retired.append(self._client)
             self._client = self._client_factory(config, self._clocks)
             self._slots = threading.Semaphore(config.poll.concurrency)
             now = self._clocks.monotonic()
@@ -165,6 +171,8 @@ class Poller:
             except Stopped:
                 return
             except Exception as err:  # a bug must not kill the group's schedule forever
+                if self._stop.is_set():
+                    return
                 log.exception("unexpected error polling group", extra={"group": group})
                 failure = ApiError(Reason.INVALID_RESPONSE, type(err).__name__)
             duration = self._clocks.monotonic() - started
@@ -183,6 +191,10 @@ class Poller:
     ) -> None:
         with self._lock:
             self._running.discard(group)
+            if not self._running:
+                for retired in self._retired:
+                    retired.close()
+                self._retired.clear()
             if generation != self._generation or group not in self._due:
                 self._wake.set()
                 return  # the config changed under this poll; its result belongs to no one

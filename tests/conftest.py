@@ -1,0 +1,167 @@
+"""Shared fixtures: the project's own fake Windsurf API over loopback, the exporter running
+in-process or as a real process, and helpers that wait for conditions with a deadline."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from exporter.cli import Exporter, build_parser
+from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Member, synthetic_team
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def samples(text: str) -> dict[str, float]:
+    """Exposition text -> {'name{labels}': value} for every sample line."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
+@pytest.fixture
+def team() -> list[Member]:
+    return synthetic_team(size=60)
+
+
+@pytest.fixture
+def fake_api(team: list[Member]) -> Iterator[FakeWindsurf]:
+    with FakeWindsurf(team=team) as fake:
+        yield fake
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config (a dict, as YAML) and a service key file; returns the config path."""
+
+    def write(raw: dict[str, Any], key: str = DEMO_SERVICE_KEY) -> Path:
+        key_file = tmp_path / "service-key"
+        key_file.write_text(key + "\n")
+        raw = {**raw, "api": {"service_key_file": str(key_file), **raw.get("api", {})}}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write
+
+
+@dataclass
+class Running:
+    exporter: Exporter
+
+    @property
+    def url(self) -> str:
+        assert self.exporter.server is not None
+        return self.exporter.server.url
+
+    def scrape(self, path: str = "/metrics", **headers: str) -> httpx.Response:
+        return httpx.get(self.url + path, headers=headers, timeout=10)
+
+    def metrics(self) -> dict[str, float]:
+        response = self.scrape()
+        assert response.status_code == 200, response.text
+        return samples(response.text)
+
+
+@pytest.fixture
+def start_exporter() -> Iterator[Callable[..., Running]]:
+    """Run the real exporter in-process on 127.0.0.1:0; stopped when the test ends."""
+    started: list[Exporter] = []
+
+    def start(
+        *flags: str,
+        clock: Callable[[], float] = time.time,
+        environ: dict[str, str] | None = None,
+        wait_ready: bool = True,
+    ) -> Running:
+        args: argparse.Namespace = build_parser().parse_args(
+            ["--web.listen-address", "127.0.0.1:0", *flags]
+        )
+        exporter = Exporter(args, clock=clock, environ=environ or {})
+        exporter.start()
+        started.append(exporter)
+        if wait_ready:
+            wait_for(exporter.poller.ready.is_set, what="first poll")
+        return Running(exporter)
+
+    yield start
+    for exporter in started:
+        exporter.stop()
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[str]
+    url: str
+    lines: list[str]
+
+
+_LISTEN = re.compile(r'listen="?(https?://[^ "]+)')
+
+
+@pytest.fixture
+def exporter_process() -> Iterator[Callable[..., Process]]:
+    """Run `python -m exporter` as a real process; its URL is read from its startup log line."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None) -> Process:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--web.listen-address", "127.0.0.1:0", *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env={
+                **{k: v for k, v in os.environ.items() if k != "WINDSURF_SERVICE_KEY"},
+                **(env or {}),
+            },
+        )
+        procs.append(proc)
+        lines: list[str] = []
+        assert proc.stdout is not None
+
+        def listening() -> str | None:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line and proc.poll() is not None:
+                raise AssertionError("exporter exited early:\n" + "".join(lines))
+            lines.append(line)
+            match = _LISTEN.search(line)
+            return match.group(1) if match else None
+
+        url = wait_for(listening, timeout=20, what="the exporter's startup line")
+        return Process(proc, url, lines)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
