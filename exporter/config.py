@@ -94,9 +94,8 @@ def format_duration(seconds: float) -> str:
         return "0s"
     millis = round(seconds * 1000)
     parts = []
+    # Days at most: `7d` reads better than `1w`, and windows are usually given in days.
     for unit, size in (
-        ("y", 31_536_000_000),
-        ("w", 604_800_000),
         ("d", 86_400_000),
         ("h", 3_600_000),
         ("m", 60_000),

@@ -1,0 +1,194 @@
+"""What the upstream really sends, parsed: times, numbers as strings, missing and null fields."""
+
+from __future__ import annotations
+
+import calendar
+from typing import Any
+
+import pytest
+
+from exporter.model import (
+    MalformedResponse,
+    Page,
+    build_report,
+    decode_page,
+    parse_number,
+    parse_time,
+)
+
+BASE = calendar.timegm((2024, 10, 10, 22, 56, 10, 0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    ("text", "fraction"),
+    [
+        ("2024-10-10T22:56:10Z", 0.0),
+        ("2024-10-10T22:56:10.7Z", 0.7),
+        ("2024-10-10T22:56:10.77Z", 0.77),
+        ("2024-10-10T22:56:10.771Z", 0.771),
+        ("2024-10-10T22:56:10.7715Z", 0.7715),
+        ("2024-10-10T22:56:10.77159Z", 0.77159),
+        ("2024-10-10T22:56:10.771591Z", 0.771591),
+        ("2024-10-10T22:56:10.7715912Z", 0.7715912),
+        ("2024-10-10T22:56:10.77159123Z", 0.77159123),
+        ("2024-10-10T22:56:10.771591234Z", 0.771591234),
+    ],
+)
+def test_fractional_seconds_of_0_to_9_digits(text: str, fraction: float) -> None:
+    assert parse_time(text) == pytest.approx(BASE + fraction, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2024-10-11T00:56:10+02:00", "2024-10-10T17:56:10-05:00", "2024-10-10T22:56:10+00:00",
+     "2024-10-10t22:56:10z", "2024-10-11T04:26:10+05:30"],
+)
+def test_offsets_are_applied(text: str) -> None:
+    assert parse_time(text) == BASE
+
+
+def test_offset_and_fraction_together() -> None:
+    assert parse_time("2024-10-11T00:56:10.5+02:00") == BASE + 0.5
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "", "yesterday", "2024-10-10", "2024-13-10T00:00:00Z", "2024-10-10T22:56:10",
+     "2024-10-10T22:56:10.1234567890Z", 1728600970, "0001-01-01T00:00:00Z",
+     "1970-01-01T00:00:00Z"],
+)
+def test_missing_malformed_and_zero_times_mean_never(value: Any) -> None:
+    assert parse_time(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(8300, 8300.0), ("8300", 8300.0), (" 12 ", 12.0), ("12.5", 12.5), (0, 0.0),
+     ("9007199254740993", 9007199254740992.0), (None, None), ("lots", None), (True, None),
+     ([], None), ("NaN", None), ("inf", None)],
+)
+def test_numbers_may_arrive_as_strings(value: Any, expected: float | None) -> None:
+    assert parse_number(value) == expected
+
+
+def page(rows: list[Any], **extra: Any) -> Page:
+    return decode_page({"userTableStats": rows, **extra})
+
+
+ALICE = {
+    "name": "Alice", "email": "alice@example.com", "apiKey": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
+    "activeDays": 178, "role": "admin", "signupTime": "2024-01-15T08:30:00Z",
+    "lastAutocompleteUsageTime": "2024-10-10T22:56:10Z",
+    "lastChatUsageTime": "2024-10-10T20:30:00Z",
+    "promptCreditsUsed": 12500, "teamStatus": "USER_TEAM_STATUS_APPROVED",
+}
+
+
+def test_documented_row_is_read() -> None:
+    report = build_report([("30d", page([ALICE]))])
+    (alice,) = report.users
+    assert alice.email == "alice@example.com"
+    assert alice.name == "Alice"
+    assert alice.role == "admin"
+    assert alice.team_status == "USER_TEAM_STATUS_APPROVED"
+    assert alice.active_days == {"30d": 178}
+    assert alice.prompt_credits == 12500
+    assert alice.last_usage == (BASE, calendar.timegm((2024, 10, 10, 20, 30, 0)), None)
+    assert alice.signup == calendar.timegm((2024, 1, 15, 8, 30, 0))
+    assert alice.disabled is False
+    assert alice.billable
+
+
+def test_the_api_key_is_never_kept() -> None:
+    report = build_report([("30d", page([ALICE]))])
+    assert "aaaaaaaa" not in repr(report)
+
+
+def test_every_optional_field_may_be_missing() -> None:
+    (user,) = build_report([("30d", page([{"email": "bare@example.com"}]))]).users
+    assert (user.name, user.role, user.team_status) == ("", "", "")
+    assert user.signup is None
+    assert user.last_usage == (None, None, None)
+    assert user.idle_since is None
+    # protobuf JSON omits zero values: absent counters are zero, not unknown.
+    assert user.prompt_credits == 0
+    assert user.active_days == {"30d": 0}
+    assert not user.disabled
+
+
+def test_every_optional_field_may_be_null() -> None:
+    row = {key: None for key in ALICE} | {"email": "nulls@example.com"}
+    (user,) = build_report([("30d", page([row]))]).users
+    assert user.last_usage == (None, None, None)
+    assert user.prompt_credits == 0
+    assert user.signup is None
+
+
+def test_numbers_and_booleans_sent_as_strings() -> None:
+    row = {**ALICE, "activeDays": "178", "promptCreditsUsed": "8300", "disableCodeium": "true"}
+    (user,) = build_report([("30d", page([row]))]).users
+    assert user.prompt_credits == 8300
+    assert user.active_days == {"30d": 178}
+    assert user.disabled
+
+
+def test_unparsable_counts_are_unknown_not_zero() -> None:
+    (user,) = build_report([("30d", page([{**ALICE, "promptCreditsUsed": "many"}]))]).users
+    assert user.prompt_credits is None
+
+
+def test_unknown_extra_fields_are_harmless() -> None:
+    row = {**ALICE, "favouriteEditor": "vim", "nested": {"deep": [1, 2]}}
+    document = {"userTableStats": [row], "nextPageToken": "x", "apiVersion": 3}
+    (user,) = build_report([("30d", decode_page(document))]).users
+    assert user.email == "alice@example.com"
+
+
+def test_idle_since_is_the_latest_use_or_the_signup() -> None:
+    (used,) = build_report([("30d", page([ALICE]))]).users
+    assert used.idle_since == BASE
+    never = {k: v for k, v in ALICE.items() if not k.startswith("last")}
+    (unused,) = build_report([("30d", page([never]))]).users
+    assert unused.idle_since == calendar.timegm((2024, 1, 15, 8, 30, 0))
+
+
+def test_windows_are_merged_by_email() -> None:
+    week = page([{**ALICE, "activeDays": 5}, {"email": "bob@example.com", "activeDays": 2}])
+    month = page([{"email": "bob@example.com", "activeDays": "9"}, {**ALICE, "activeDays": 20}])
+    report = build_report([("7d", week), ("30d", month)])
+    assert {u.email: dict(u.active_days) for u in report.users} == {
+        "alice@example.com": {"7d": 5, "30d": 20},
+        "bob@example.com": {"7d": 2, "30d": 9},
+    }
+
+
+def test_rows_without_email_or_repeated_are_skipped_and_counted() -> None:
+    rows = [ALICE, {"name": "Ghost"}, {**ALICE, "name": "Alice again"}, "not an object"]
+    report = build_report([("30d", page(rows))])
+    assert [u.name for u in report.users] == ["Alice"]
+    assert (report.rows, report.skipped) == (4, 3)
+
+
+def test_an_empty_group_may_omit_the_list() -> None:
+    report = build_report([("30d", decode_page({"billingCycleStart": "2024-10-01T00:00:00Z"}))])
+    assert report.users == ()
+    assert report.rows == 0
+    assert report.billing_start == calendar.timegm((2024, 10, 1, 0, 0, 0))
+
+
+def test_billing_cycle_is_read() -> None:
+    p = decode_page({"billingCycleStart": "2024-10-01T00:00:00Z",
+                     "billingCycleEnd": "2024-11-01T00:00:00.000000000Z"})
+    assert (p.billing_start, p.billing_end) == (
+        calendar.timegm((2024, 10, 1, 0, 0, 0)), calendar.timegm((2024, 11, 1, 0, 0, 0)))
+
+
+def test_error_field_is_kept() -> None:
+    assert decode_page({"error": "group not found"}).error == "group not found"
+    assert decode_page({"error": ""}).error is None
+
+
+@pytest.mark.parametrize("document", [[], "text", 3, {"userTableStats": {"a": 1}}])
+def test_wrong_shapes_are_malformed(document: Any) -> None:
+    with pytest.raises(MalformedResponse):
+        decode_page(document)
