@@ -29,8 +29,16 @@ def problems(raw: Any, environ: dict[str, str] | None = None) -> list[str]:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30s", 30), ("5m", 300), ("1h30m", 5400), ("7d", 604800), ("2w", 1209600),
-     ("500ms", 0.5), ("1y", 31536000), ("1s", 1)],
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("7d", 604800),
+        ("2w", 1209600),
+        ("500ms", 0.5),
+        ("1y", 31536000),
+        ("1s", 1),
+    ],
 )
 def test_durations_are_prometheus_style(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -61,8 +69,12 @@ def test_defaults_need_only_a_key() -> None:
 def test_full_config_is_read() -> None:
     config = parse_config(
         {
-            "api": {"url": "https://eu.windsurf.example/", "timeout": "10s", "retries": 1,
-                    "max_response_size": "2MiB"},
+            "api": {
+                "url": "https://eu.windsurf.example/",
+                "timeout": "10s",
+                "retries": 1,
+                "max_response_size": "2MiB",
+            },
             "poll": {"interval": "5m", "max_staleness": "1h", "concurrency": 2},
             "groups": ["engineering", "research"],
             "active_days_windows": ["7d", "30d"],
@@ -73,25 +85,39 @@ def test_full_config_is_read() -> None:
     assert (config.api.timeout, config.api.retries) == (10, 1)
     assert config.api.max_response_bytes == 2 * 1024 * 1024
     assert (config.poll.interval, config.poll.max_staleness, config.poll.concurrency) == (
-        300, 3600, 2)
+        300,
+        3600,
+        2,
+    )
     assert config.groups == ("engineering", "research")
     assert [(w.label, w.seconds) for w in config.windows] == [("7d", 604800), ("30d", 2592000)]
 
 
 def test_every_problem_is_reported_at_once_with_its_key_path() -> None:
-    found = problems({
-        "api": {"url": "ftp://nope", "timeout": 30, "retries": -1, "colour": "red"},
-        "poll": {"interval": "soon"},
-        "groups": ["eng", 7, "eng"],
-        "active_days_windows": ["30d", "720h"],
-        "labels": {"user": "phone"},
-        "per_user": "yes",
-        "surprise": 1,
-    })
+    found = problems(
+        {
+            "api": {"url": "ftp://nope", "timeout": 30, "retries": -1, "colour": "red"},
+            "poll": {"interval": "soon"},
+            "groups": ["eng", 7, "eng"],
+            "active_days_windows": ["30d", "720h"],
+            "labels": {"user": "phone"},
+            "per_user": "yes",
+            "surprise": 1,
+        }
+    )
     paths = [p.split(":")[0] for p in found]
     assert paths == [
-        "surprise", "api.colour", "api.url", "api.timeout", "api.retries", "poll.interval",
-        "groups[1]", "groups[2]", "active_days_windows[1]", "labels.user", "per_user",
+        "surprise",
+        "api.colour",
+        "api.url",
+        "api.timeout",
+        "api.retries",
+        "poll.interval",
+        "groups[1]",
+        "groups[2]",
+        "active_days_windows[1]",
+        "labels.user",
+        "per_user",
     ]
 
 
@@ -138,8 +164,9 @@ def test_missing_key_is_reported_with_both_places_to_put_it() -> None:
 
 def test_unreadable_key_file_is_reported(tmp_path: Path) -> None:
     found = problems({"api": {"service_key_file": str(tmp_path / "nope")}})
-    assert found == [f"api.service_key_file: cannot read '{tmp_path / 'nope'}':"
-                     " No such file or directory"]
+    assert found == [
+        f"api.service_key_file: cannot read '{tmp_path / 'nope'}': No such file or directory"
+    ]
 
 
 def test_secret_never_shows_itself(tmp_path: Path) -> None:
@@ -184,10 +211,23 @@ def test_example_config_is_valid_and_shows_every_key(tmp_path: Path) -> None:
     config = parse_config(raw, environ={})
     assert config.groups == ("engineering", "research")
     # Every key the parser knows appears in the example, commented out or not.
-    for key in ("api.url", "api.service_key_file", "api.timeout", "api.max_response_size",
-                "api.retries", "api.retry_backoff", "poll.interval", "poll.max_staleness",
-                "poll.concurrency", "groups", "active_days_windows", "labels.user",
-                "labels.hash_salt_file", "per_user", "idle_thresholds"):
+    for key in (
+        "api.url",
+        "api.service_key_file",
+        "api.timeout",
+        "api.max_response_size",
+        "api.retries",
+        "api.retry_backoff",
+        "poll.interval",
+        "poll.max_staleness",
+        "poll.concurrency",
+        "groups",
+        "active_days_windows",
+        "labels.user",
+        "labels.hash_salt_file",
+        "per_user",
+        "idle_thresholds",
+    ):
         leaf = key.rsplit(".", 1)[-1]
         assert f"{leaf}:" in text, key
     with pytest.raises(ConfigError) as caught:

@@ -40,8 +40,13 @@ def test_fractional_seconds_of_0_to_9_digits(text: str, fraction: float) -> None
 
 @pytest.mark.parametrize(
     "text",
-    ["2024-10-11T00:56:10+02:00", "2024-10-10T17:56:10-05:00", "2024-10-10T22:56:10+00:00",
-     "2024-10-10t22:56:10z", "2024-10-11T04:26:10+05:30"],
+    [
+        "2024-10-11T00:56:10+02:00",
+        "2024-10-10T17:56:10-05:00",
+        "2024-10-10T22:56:10+00:00",
+        "2024-10-10t22:56:10z",
+        "2024-10-11T04:26:10+05:30",
+    ],
 )
 def test_offsets_are_applied(text: str) -> None:
     assert parse_time(text) == BASE
@@ -53,9 +58,18 @@ def test_offset_and_fraction_together() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [None, "", "yesterday", "2024-10-10", "2024-13-10T00:00:00Z", "2024-10-10T22:56:10",
-     "2024-10-10T22:56:10.1234567890Z", 1728600970, "0001-01-01T00:00:00Z",
-     "1970-01-01T00:00:00Z"],
+    [
+        None,
+        "",
+        "yesterday",
+        "2024-10-10",
+        "2024-13-10T00:00:00Z",
+        "2024-10-10T22:56:10",
+        "2024-10-10T22:56:10.1234567890Z",
+        1728600970,
+        "0001-01-01T00:00:00Z",
+        "1970-01-01T00:00:00Z",
+    ],
 )
 def test_missing_malformed_and_zero_times_mean_never(value: Any) -> None:
     assert parse_time(value) is None
@@ -63,9 +77,20 @@ def test_missing_malformed_and_zero_times_mean_never(value: Any) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(8300, 8300.0), ("8300", 8300.0), (" 12 ", 12.0), ("12.5", 12.5), (0, 0.0),
-     ("9007199254740993", 9007199254740992.0), (None, None), ("lots", None), (True, None),
-     ([], None), ("NaN", None), ("inf", None)],
+    [
+        (8300, 8300.0),
+        ("8300", 8300.0),
+        (" 12 ", 12.0),
+        ("12.5", 12.5),
+        (0, 0.0),
+        ("9007199254740993", 9007199254740992.0),
+        (None, None),
+        ("lots", None),
+        (True, None),
+        ([], None),
+        ("NaN", None),
+        ("inf", None),
+    ],
 )
 def test_numbers_may_arrive_as_strings(value: Any, expected: float | None) -> None:
     assert parse_number(value) == expected
@@ -76,11 +101,16 @@ def page(rows: list[Any], **extra: Any) -> Page:
 
 
 ALICE = {
-    "name": "Alice", "email": "alice@example.com", "apiKey": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
-    "activeDays": 178, "role": "admin", "signupTime": "2024-01-15T08:30:00Z",
+    "name": "Alice",
+    "email": "alice@example.com",
+    "apiKey": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
+    "activeDays": 178,
+    "role": "admin",
+    "signupTime": "2024-01-15T08:30:00Z",
     "lastAutocompleteUsageTime": "2024-10-10T22:56:10Z",
     "lastChatUsageTime": "2024-10-10T20:30:00Z",
-    "promptCreditsUsed": 12500, "teamStatus": "USER_TEAM_STATUS_APPROVED",
+    "promptCreditsUsed": 12500,
+    "teamStatus": "USER_TEAM_STATUS_APPROVED",
 }
 
 
@@ -177,10 +207,16 @@ def test_an_empty_group_may_omit_the_list() -> None:
 
 
 def test_billing_cycle_is_read() -> None:
-    p = decode_page({"billingCycleStart": "2024-10-01T00:00:00Z",
-                     "billingCycleEnd": "2024-11-01T00:00:00.000000000Z"})
+    p = decode_page(
+        {
+            "billingCycleStart": "2024-10-01T00:00:00Z",
+            "billingCycleEnd": "2024-11-01T00:00:00.000000000Z",
+        }
+    )
     assert (p.billing_start, p.billing_end) == (
-        calendar.timegm((2024, 10, 1, 0, 0, 0)), calendar.timegm((2024, 11, 1, 0, 0, 0)))
+        calendar.timegm((2024, 10, 1, 0, 0, 0)),
+        calendar.timegm((2024, 11, 1, 0, 0, 0)),
+    )
 
 
 def test_error_field_is_kept() -> None:

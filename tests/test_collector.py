@@ -1,0 +1,352 @@
+"""The exposition for a fixed snapshot and clock, byte for byte (golden files), and the rules
+it follows: escaping, absent features, ages at scrape time, staleness, both formats, gzip.
+
+Regenerate the golden files after an intended change with `UPDATE_GOLDEN=1 uv run pytest`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.api import Reason
+from exporter.collector import Collector
+from exporter.config import Config, Window
+from exporter.model import build_report, decode_page
+from exporter.poller import GroupState, Snapshot
+from tests.conftest import samples
+
+GOLDEN = Path(__file__).parent / "golden"
+NOW = 1728640000.0  # 2024-10-11T09:46:40Z
+CONFIG = Config(
+    groups=("engineering", "research", "empty", "broken", "new"),
+    windows=(Window("7d", 604800.0), Window("30d", 2592000.0)),
+)
+
+ALICE = {
+    "name": "Alice",
+    "email": "alice@example.com",
+    "apiKey": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
+    "role": "admin",
+    "signupTime": "2024-01-15T08:30:00Z",
+    "lastUpdateTime": "2024-10-10T22:56:10.771591Z",
+    "lastAutocompleteUsageTime": "2024-10-10T22:56:10Z",
+    "lastChatUsageTime": "2024-10-10T20:30:00.5+02:00",
+    "promptCreditsUsed": 12500,
+    "teamStatus": "USER_TEAM_STATUS_APPROVED",
+}
+BOB = {
+    "name": 'Bob "Bobby" Tables\\',
+    "email": "bob@example.com",
+    "role": "member",
+    "apiKey": "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb",
+    "signupTime": "2024-02-01T10:00:00Z",
+    "lastAutocompleteUsageTime": "2024-10-10T18:11:23Z",
+    "lastChatUsageTime": "2024-10-09T14:22:00Z",
+    "lastCommandUsageTime": "2024-10-08T09:15:00Z",
+    "promptCreditsUsed": "8300",
+    "teamStatus": "USER_TEAM_STATUS_APPROVED",
+}
+ZOE = {
+    "name": "Zoë Ñúñez\nsecond line",
+    "email": "zoe@example.com",
+    "role": "member",
+    "signupTime": "2024-09-01T00:00:00Z",
+    "disableCodeium": True,
+    "teamStatus": "USER_TEAM_STATUS_APPROVED",
+    "unknownField": {"x": 1},
+}
+PENDING = {
+    "name": "Pat",
+    "email": "pat@example.com",
+    "teamStatus": "USER_TEAM_STATUS_PENDING",
+    "signupTime": "2024-10-10T00:00:00Z",
+}
+CYCLE = {"billingCycleStart": "2024-10-01T00:00:00Z", "billingCycleEnd": "2024-11-01T00:00:00Z"}
+
+
+def _report(rows_7d: list[dict[str, Any]], rows_30d: list[dict[str, Any]]) -> Any:
+    return build_report(
+        [
+            ("7d", decode_page({"userTableStats": rows_7d, **CYCLE})),
+            ("30d", decode_page({"userTableStats": rows_30d, **CYCLE})),
+        ]
+    )
+
+
+def _counts(**values: int) -> MappingProxyType[str, int]:
+    return MappingProxyType(values)
+
+
+def fixed_snapshot(config: Config = CONFIG) -> Snapshot:
+    """Five groups covering every case: healthy, shared user, empty, failing, never polled."""
+    engineering = _report(
+        [{**ALICE, "activeDays": 5}, {**BOB, "activeDays": "3"}, ZOE, PENDING],
+        [{**ALICE, "activeDays": 21}, {**BOB, "activeDays": 19}, ZOE, PENDING],
+    )
+    research = _report([{**BOB, "activeDays": 3}], [{**BOB, "activeDays": 19}])
+    return Snapshot(
+        config=config,
+        groups=(
+            GroupState(
+                "engineering",
+                engineering,
+                up=True,
+                last_success=NOW - 60,
+                last_attempt=NOW - 60,
+                last_duration=0.25,
+                polls=3,
+                requests=_counts(success=6),
+            ),
+            GroupState(
+                "research",
+                research,
+                up=True,
+                last_success=NOW - 60,
+                last_attempt=NOW - 60,
+                last_duration=0.125,
+                polls=3,
+                requests=_counts(success=6),
+            ),
+            GroupState(
+                "empty",
+                _report([], []),
+                up=True,
+                last_success=NOW - 60,
+                last_attempt=NOW - 60,
+                last_duration=0.0625,
+                polls=1,
+                requests=_counts(success=2),
+            ),
+            GroupState(
+                "broken",
+                research,
+                up=False,
+                last_success=NOW - 3600,
+                last_attempt=NOW - 60,
+                last_duration=30.0,
+                polls=5,
+                last_error=Reason.RATE_LIMITED,
+                errors=_counts(rate_limited=2),
+                requests=_counts(success=6, rate_limited=8),
+            ),
+            GroupState(
+                "new",
+                None,
+                up=False,
+                last_attempt=NOW - 60,
+                last_duration=0.5,
+                polls=1,
+                last_error=Reason.AUTH,
+                errors=_counts(auth=1),
+                requests=_counts(auth=1),
+            ),
+        ),
+    )
+
+
+def render(snapshot: Snapshot | None = None, now: float = NOW, **kwargs: Any) -> str:
+    return Collector().render(snapshot or fixed_snapshot(), now, **kwargs).decode()
+
+
+def _check_golden(name: str, text: str) -> None:
+    # The build line depends on the interpreter running the test; it has a test of its own.
+    text = re.sub(r"(windsurf_exporter_build_info)\{.*\}", r"\1{...}", text)
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_golden_text_exposition() -> None:
+    _check_golden("snapshot.prom", render())
+
+
+def test_golden_openmetrics_exposition() -> None:
+    _check_golden("snapshot.openmetrics", render(openmetrics=True))
+
+
+def test_build_info_names_the_package_version_and_python() -> None:
+    m = samples(render())
+    assert (
+        m[
+            f'windsurf_exporter_build_info{{version="{version("windsurf-exporter")}",'
+            f'python_version="{platform.python_version()}"}}'
+        ]
+        == 1
+    )
+
+
+def test_text_output_parses_and_matches_the_snapshot() -> None:
+    families = {f.name: f for f in parse_text(render())}
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    key = (("feature", "chat"), ("group", "engineering"), ("user", "alice@example.com"))
+    assert values[("windsurf_user_last_usage_timestamp_seconds", key)] == 1728585000.5
+    assert values[("windsurf_user_last_usage_age_seconds", key)] == NOW - 1728585000.5
+    assert families["windsurf_exporter_poll_errors"].type == "counter"
+
+
+def test_openmetrics_output_parses() -> None:
+    families = list(parse_openmetrics(render(openmetrics=True)))
+    assert {f.name for f in families} >= {
+        "windsurf_up",
+        "windsurf_user_info",
+        "windsurf_exporter_polls",
+    }
+
+
+def test_labels_are_escaped() -> None:
+    text = render()
+    assert 'name="Bob \\"Bobby\\" Tables\\\\"' in text
+    assert 'name="Zoë Ñúñez\\nsecond line"' in text
+    info = [s for f in parse_text(text) for s in f.samples if s.name == "windsurf_user_info"]
+    assert {s.labels["name"] for s in info} >= {'Bob "Bobby" Tables\\', "Zoë Ñúñez\nsecond line"}
+
+
+def test_a_feature_never_used_has_no_series() -> None:
+    m = samples(render())
+    alice = 'group="engineering",user="alice@example.com"'
+    assert f'windsurf_user_last_usage_timestamp_seconds{{{alice},feature="autocomplete"}}' in m
+    assert f'windsurf_user_last_usage_timestamp_seconds{{{alice},feature="command"}}' not in m
+    assert f'windsurf_user_last_usage_age_seconds{{{alice},feature="command"}}' not in m
+
+
+def test_idle_is_since_signup_for_a_seat_never_used() -> None:
+    m = samples(render())
+    zoe = '{group="engineering",user="zoe@example.com"}'
+    assert m[f"windsurf_user_idle_seconds{zoe}"] == NOW - 1725148800  # signup 2024-09-01
+    assert m[f"windsurf_user_disabled{zoe}"] == 1
+
+
+def test_a_user_in_two_groups_has_a_series_in_each() -> None:
+    m = samples(render())
+    for group in ("engineering", "research"):
+        assert (
+            m[f'windsurf_user_prompt_credits_used{{group="{group}",user="bob@example.com"}}']
+            == 8300
+        )
+
+
+def test_an_empty_group_is_up_with_zero_users() -> None:
+    m = samples(render())
+    assert m['windsurf_group_users{group="empty"}'] == 0
+    assert m['windsurf_up{group="empty"}'] == 1
+
+
+def test_a_failing_group_keeps_its_last_good_data_and_says_why() -> None:
+    m = samples(render())
+    assert m['windsurf_up{group="broken"}'] == 0
+    assert m['windsurf_exporter_last_success_timestamp_seconds{group="broken"}'] == NOW - 3600
+    assert m['windsurf_exporter_poll_errors_total{group="broken",reason="rate_limited"}'] == 2
+    assert m['windsurf_user_prompt_credits_used{group="broken",user="bob@example.com"}'] == 8300
+
+
+def test_a_group_never_polled_successfully_has_only_health_series() -> None:
+    text = render()
+    lines = [line for line in text.splitlines() if 'group="new"' in line]
+    assert {line.split("{")[0] for line in lines} == {
+        "windsurf_up",
+        "windsurf_exporter_last_poll_timestamp_seconds",
+        "windsurf_exporter_last_poll_duration_seconds",
+        "windsurf_exporter_polls_total",
+        "windsurf_exporter_poll_errors_total",
+        "windsurf_exporter_api_requests_total",
+    }
+
+
+def test_ages_move_with_the_clock_and_nothing_else_does() -> None:
+    collector = Collector()
+    snapshot = fixed_snapshot()
+    first = samples(collector.render(snapshot, NOW).decode())
+    later = samples(collector.render(snapshot, NOW + 90.5).decode())
+    for series, value in first.items():
+        if series.startswith(("windsurf_user_last_usage_age_seconds", "windsurf_user_idle")):
+            assert later[series] == pytest.approx(value + 90.5), series
+        elif not series.startswith("windsurf_group_idle_users"):
+            assert later[series] == value, series
+
+
+def test_group_idle_users_counts_billable_seats_idle_beyond_each_threshold() -> None:
+    m = samples(render())
+    # Billable in engineering: alice (idle ~11h), bob (~15.6h); zoe is disabled, pat pending.
+    # (The data must outlive the 8 days, so max_staleness is raised.)
+    assert m['windsurf_group_idle_users{group="engineering",idle_for="7d"}'] == 0
+    patient = replace(CONFIG, poll=replace(CONFIG.poll, max_staleness=60 * 86400.0))
+    later = samples(render(fixed_snapshot(patient), now=NOW + 8 * 86400))
+    assert later['windsurf_group_idle_users{group="engineering",idle_for="7d"}'] == 2
+    assert later['windsurf_group_idle_users{group="engineering",idle_for="30d"}'] == 0
+
+
+def test_group_aggregates() -> None:
+    m = samples(render())
+    assert m['windsurf_group_users{group="engineering"}'] == 4
+    assert m['windsurf_group_billable_users{group="engineering"}'] == 2
+    assert m['windsurf_group_prompt_credits_used{group="engineering"}'] == 20800
+    assert m['windsurf_group_active_users{group="engineering",window="7d"}'] == 2
+    status = 'windsurf_group_users_by_team_status{group="engineering",team_status='
+    assert m[status + '"USER_TEAM_STATUS_PENDING"}'] == 1
+    assert m[status + '"USER_TEAM_STATUS_APPROVED"}'] == 3
+
+
+def test_stale_groups_lose_their_data_but_keep_their_health() -> None:
+    # "broken" last succeeded an hour before NOW; the others a minute before.
+    m = samples(render(now=NOW - 3600 + 6 * 3600 + 1))
+    assert not any(
+        'group="broken"' in s and s.startswith(("windsurf_user", "windsurf_group")) for s in m
+    )
+    assert m['windsurf_up{group="broken"}'] == 0
+    assert m['windsurf_exporter_last_success_timestamp_seconds{group="broken"}'] == NOW - 3600
+    assert m['windsurf_group_users{group="engineering"}'] == 4
+
+
+def test_api_keys_never_appear() -> None:
+    for text in (render(), render(openmetrics=True)):
+        assert "aaaaaaaa" not in text
+        assert "bbbbbbbb" not in text
+
+
+def test_gzip_is_the_same_exposition() -> None:
+    collector = Collector()
+    snapshot = fixed_snapshot()
+    for openmetrics in (False, True):
+        plain = collector.render(snapshot, NOW, openmetrics=openmetrics)
+        # Twice: the second time the compressed static part comes from the cache.
+        for _ in range(2):
+            packed = collector.render(snapshot, NOW, openmetrics=openmetrics, gzip=True)
+            assert gzip.decompress(packed) == plain
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None and not os.environ.get("CI"),
+    reason="promtool not installed (Debian package prometheus); CI installs it",
+)
+def test_promtool_check_metrics_is_clean_but_for_active_days() -> None:
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=render(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    remarks = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert remarks == ['windsurf_user_active_days use base unit "seconds" instead of "days"']
