@@ -47,9 +47,11 @@ class Family:
     type: str = "gauge"
 
     def header(self, openmetrics: bool) -> str:
-        name = self.name
-        if openmetrics and self.type == "counter":
-            name = name.removesuffix("_total")
+        """HELP and TYPE lines; OpenMetrics names counters and infos without their suffix."""
+        if not openmetrics:
+            kind = "gauge" if self.type == "info" else self.type
+            return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {kind}\n"
+        name = self.name.removesuffix({"counter": "_total", "info": "_info"}.get(self.type, ""))
         return f"# HELP {name} {self.help}\n# TYPE {name} {self.type}\n"
 
 
@@ -84,7 +86,9 @@ SKIPPED = _f(
     "windsurf_exporter_skipped_rows",
     "Rows of the group's last reply left out: no email, or an email seen twice." + _CACHED,
 )
-BUILD = _f("windsurf_exporter_build_info", "Version of windsurf-exporter; value is always 1.")
+BUILD = _f(
+    "windsurf_exporter_build_info", "Version of windsurf-exporter; value is always 1.", "info"
+)
 # Group data: dropped with the users once the group's data is older than poll.max_staleness.
 GROUP_USERS = _f(
     "windsurf_group_users", "Users (rows) UserPageAnalytics returned for the group." + _CACHED
@@ -128,7 +132,9 @@ USER_DISABLED = _f(
     "windsurf_user_disabled",
     "1 if the user's access is switched off (disableCodeium), else 0." + _CACHED,
 )
-USER_INFO = _f("windsurf_user_info", "User attributes as labels; value is always 1." + _CACHED)
+USER_INFO = _f(
+    "windsurf_user_info", "User attributes as labels; value is always 1." + _CACHED, "info"
+)
 # Computed at scrape time from the cached timestamps.
 USER_AGE = _f(
     "windsurf_user_last_usage_age_seconds",

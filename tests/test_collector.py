@@ -208,6 +208,8 @@ def test_text_output_parses_and_matches_the_snapshot() -> None:
 
 def test_openmetrics_output_parses() -> None:
     families = list(parse_openmetrics(render(openmetrics=True)))
+    kinds = {f.name: f.type for f in families}
+    assert (kinds["windsurf_user"], kinds["windsurf_exporter_polls"]) == ("info", "counter")
     assert {f.name for f in families} >= {
         "windsurf_up",
         "windsurf_user_info",
