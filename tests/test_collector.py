@@ -210,11 +210,7 @@ def test_openmetrics_output_parses() -> None:
     families = list(parse_openmetrics(render(openmetrics=True)))
     kinds = {f.name: f.type for f in families}
     assert (kinds["windsurf_user"], kinds["windsurf_exporter_polls"]) == ("info", "counter")
-    assert {f.name for f in families} >= {
-        "windsurf_up",
-        "windsurf_user_info",
-        "windsurf_exporter_polls",
-    }
+    assert "windsurf_up" in kinds
 
 
 def test_labels_are_escaped() -> None:
