@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -120,10 +121,10 @@ def start_exporter() -> Iterator[Callable[..., Running]]:
 class Process:
     proc: subprocess.Popen[str]
     url: str
-    lines: list[str]
+    lines: list[str]  # everything it printed so far, kept up to date by a reader thread
 
 
-_LISTEN = re.compile(r'listen="?(https?://[^ "]+)')
+_LISTEN = re.compile(r'listen"?[=:] ?"?(https?://[^ ",]+)')
 
 
 @pytest.fixture
@@ -145,15 +146,24 @@ def exporter_process() -> Iterator[Callable[..., Process]]:
         )
         procs.append(proc)
         lines: list[str] = []
-        assert proc.stdout is not None
+        stream = proc.stdout
+        assert stream is not None
+
+        # Drain output continuously so the exporter never blocks on a full pipe.
+        def drain() -> None:
+            for line in stream:
+                lines.append(line)
+
+        threading.Thread(target=drain, daemon=True).start()
 
         def listening() -> str | None:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            if not line and proc.poll() is not None:
+            for line in list(lines):
+                match = _LISTEN.search(line)
+                if match:
+                    return match.group(1)
+            if proc.poll() is not None:
                 raise AssertionError("exporter exited early:\n" + "".join(lines))
-            lines.append(line)
-            match = _LISTEN.search(line)
-            return match.group(1) if match else None
+            return None
 
         url = wait_for(listening, timeout=20, what="the exporter's startup line")
         return Process(proc, url, lines)
