@@ -70,6 +70,7 @@ class Poller:
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
         self._config: Config | None = None
+        self._client: Client | None = None
         self._generation = -1
         self._snapshot = Snapshot()
         self._due: dict[str, float] = {}
@@ -94,7 +95,8 @@ class Poller:
             self._thread.join(timeout=1.0)
         with self._lock:
             for client in [*self._retired, self._client]:
-                client.close()
+                if client is not None:
+                    client.close()
 
     def reconfigure(self, config: Config) -> None:
         """Apply a new config: kept groups keep their data; new or changed ones poll at once."""
@@ -105,7 +107,7 @@ class Poller:
         with self._lock:
             old, self._config = self._config, config
             self._generation += 1
-            if old is not None:
+            if self._client is not None:
                 self._retired.append(self._client)
             self._client = self._client_factory(config, self._clocks)
             self._slots = threading.Semaphore(config.poll.concurrency)
