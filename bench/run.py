@@ -1,0 +1,276 @@
+"""Benchmark: windsurf-exporter against the obvious prometheus_client exporter, side by side.
+
+    uv run python bench/run.py                       # 1k, 10k, 20k and 50k users
+    uv run python bench/run.py --sizes 20000 --quick
+
+For each team size it serves a synthetic team over 10 groups from the demo's fake API, then runs
+each exporter (bench/ours.py, bench/baseline.py) in a process of its own against it and measures:
+the time from upstream response to published data for the first poll, the median /metrics
+scrape as Prometheus asks for it (gzip; text and OpenMetrics Accept headers), and the peak RSS.
+Numbers are only comparable within one run on one machine, hence the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import json
+import os
+import platform
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, synthetic_team
+
+HERE = Path(__file__).resolve().parent
+GROUPS = tuple(f"group-{i:02d}" for i in range(10))
+# What Prometheus 2.x sends by default (OpenMetrics preferred) and with text-only scrape_protocols.
+ACCEPT = {
+    "text": "text/plain;version=0.0.4;q=1,*/*;q=0.1",
+    "openmetrics": "application/openmetrics-text;version=1.0.0,"
+    "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+}
+EXPORTERS = {
+    "ours": [str(HERE / "ours.py"), "--web.listen-address", "127.0.0.1:0", "--log.level", "warn"],
+    "baseline": [str(HERE / "baseline.py")],
+}
+HISTORY = 10  # scrapes at each end of the run compared to show cost does not grow
+
+
+@dataclass
+class Result:
+    exporter: str
+    users: int
+    series: int = 0
+    gzip_bytes: int = 0
+    poll_seconds: float = 0.0  # summed over the groups: response -> data published
+    cold_ms: float = 0.0  # the first scrape after the poll
+    scrapes: dict[str, list[float]] = field(default_factory=dict)  # format -> ms, in order
+    peak_rss_mb: float = 0.0
+
+    def median(self, fmt: str, part: slice = slice(None)) -> float:
+        return statistics.median(self.scrapes[fmt][part])
+
+
+def config_file(directory: Path, url: str) -> Path:
+    """The config both exporters read: every group, polled once, one group at a time."""
+    key = directory / "service-key"
+    key.write_text(DEMO_SERVICE_KEY)
+    path = directory / "config.yaml"
+    raw = {
+        "api": {"url": url, "service_key_file": str(key), "timeout": "5m"},
+        # One poll at start-up and none during the scrapes; one group at a time, so a group's
+        # timing is not inflated by others competing for the GIL.
+        "poll": {"interval": "24h", "max_staleness": "48h", "concurrency": 1},
+        "groups": list(GROUPS),
+        "active_days_windows": ["7d", "30d"],
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@contextmanager
+def exporter_process(
+    name: str, config: Path
+) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[dict[str, Any] | None]]]:
+    """The exporter in its own process (so its RSS is its own); its JSON lines on a queue."""
+    proc = subprocess.Popen(
+        [sys.executable, *EXPORTERS[name], "--config.file", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=HERE.parent,
+    )
+    lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(json.loads(line))
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        yield proc, lines
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()  # the exporter's cue to stop
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def next_line(lines: queue.Queue[dict[str, Any] | None], timeout: float) -> dict[str, Any]:
+    try:
+        line = lines.get(timeout=timeout)
+    except queue.Empty:
+        raise SystemExit(f"no word from the exporter within {timeout:g}s") from None
+    if line is None:
+        raise SystemExit("the exporter exited early")
+    return line
+
+
+def scrape(url: str, fmt: str) -> tuple[float, bytes]:
+    """One /metrics request as Prometheus makes it: ms until the last byte, and the gzip body."""
+    parsed = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port, timeout=600)
+    try:
+        started = time.perf_counter()
+        conn.request("GET", "/metrics", headers={"Accept": ACCEPT[fmt], "Accept-Encoding": "gzip"})
+        response = conn.getresponse()
+        body = response.read()
+        elapsed = (time.perf_counter() - started) * 1000
+    finally:
+        conn.close()
+    if response.status != 200 or response.getheader("Content-Encoding") != "gzip":
+        raise SystemExit(f"{url}: HTTP {response.status}, {response.getheader('Content-Encoding')}")
+    return elapsed, body
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(name: str, users: int, config: Path, rounds: int, budget: float) -> Result:
+    """Start one exporter, wait for its poll, scrape it `rounds` times (both formats each round;
+    fewer once `budget` seconds are spent, but at least HISTORY), and read its peak RSS."""
+    result = Result(name, users, scrapes={fmt: [] for fmt in ACCEPT})
+    with exporter_process(name, config) as (proc, lines):
+        url = ""
+        polled: set[str] = set()
+        while not url or len(polled) < len(GROUPS):
+            line = next_line(lines, timeout=1800)
+            if "error" in line:
+                raise SystemExit(f"{name}: poll of {line['group']} failed: {line['error']}")
+            if "listen" in line:
+                url = line["listen"]
+            else:
+                polled.add(line["group"])
+                result.poll_seconds += line["seconds"]
+        result.cold_ms, _ = scrape(url, "text")
+        scrape(url, "openmetrics")
+        started = time.monotonic()
+        for done in range(rounds):
+            for fmt, times in result.scrapes.items():
+                elapsed, body = scrape(url, fmt)
+                times.append(elapsed)
+            if done + 1 >= HISTORY and time.monotonic() - started > budget:
+                break
+        result.peak_rss_mb = peak_rss_mb(proc.pid)
+    text = gzip.decompress(body).decode()
+    result.gzip_bytes = len(body)
+    result.series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    return result
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    memory = Path("/proc/meminfo").read_text().split()[1]
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {int(memory) / 1024**2:.0f} GiB RAM; "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "
+        f"prometheus_client {version('prometheus-client')}"
+    )
+
+
+def table(results: list[Result]) -> str:
+    header = (
+        "| users | exporter | series | gzip MB | scrape text ms | scrape OpenMetrics ms"
+        " | first scrape ms | poll -> data s | peak RSS MB |"
+    )
+    rows = [header, "|---" * 9 + "|"]
+    for r in results:
+        n = len(r.scrapes["text"])
+        rows.append(
+            f"| {r.users:,} | {r.exporter} | {r.series:,} | {r.gzip_bytes / 1e6:.1f}"
+            f" | {r.median('text'):.1f} (n={n}) | {r.median('openmetrics'):.1f}"
+            f" | {r.cold_ms:.0f} | {r.poll_seconds:.2f} | {r.peak_rss_mb:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def ratios(results: list[Result]) -> str:
+    lines = []
+    by = {(r.users, r.exporter): r for r in results}
+    for users in sorted({r.users for r in results}):
+        ours, base = by.get((users, "ours")), by.get((users, "baseline"))
+        if ours is None or base is None:
+            continue
+        lines.append(
+            f"{users:>6,} users: scrape {base.median('text') / ours.median('text'):.0f}x faster"
+            f" (text), {base.median('openmetrics') / ours.median('openmetrics'):.0f}x"
+            f" (OpenMetrics); peak RSS {ours.peak_rss_mb / base.peak_rss_mb:.2f} of the"
+            f" baseline's; poll -> data {base.poll_seconds / ours.poll_seconds:.1f}x faster"
+        )
+    for r in results:
+        n = len(r.scrapes["text"])
+        if r.exporter == "ours" and n >= 2 * HISTORY:
+            first, last = slice(0, HISTORY), slice(n - HISTORY, n)
+            lines.append(
+                f"{r.users:>6,} users, ours: median scrape of rounds 1-{HISTORY} vs"
+                f" {n - HISTORY + 1}-{n}: text {r.median('text', first):.1f} vs"
+                f" {r.median('text', last):.1f} ms, OpenMetrics"
+                f" {r.median('openmetrics', first):.1f} vs {r.median('openmetrics', last):.1f} ms"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="", help="team sizes, e.g. 1000,10000,50000")
+    parser.add_argument("--quick", action="store_true", help="1k and 10k users, fewer scrapes")
+    parser.add_argument("--rounds", type=int, default=0, help="scrape rounds per exporter")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s] or (
+        [1000, 10000] if args.quick else [1000, 10000, 20000, 50000]
+    )
+    rounds = args.rounds or (20 if args.quick else 100)
+    # The baseline takes seconds per scrape at scale: stop its scrapes after this long.
+    budget = 10.0 if args.quick else 60.0
+    print(f"Machine: {machine()}", flush=True)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for users in sizes:
+            with FakeWindsurf(team=synthetic_team(users, groups=GROUPS)) as fake:
+                config = config_file(Path(tmp), fake.url)
+                for name in EXPORTERS:
+                    print(f"{users:,} users: {name}...", file=sys.stderr, flush=True)
+                    limit = budget if name == "baseline" else float("inf")
+                    results.append(measure(name, users, config, rounds, limit))
+    print(table(results))
+    print()
+    print(ratios(results))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
