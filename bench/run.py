@@ -247,6 +247,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="team sizes, e.g. 1000,10000,50000")
     parser.add_argument("--quick", action="store_true", help="1k and 10k users, fewer scrapes")
     parser.add_argument("--rounds", type=int, default=0, help="scrape rounds per exporter")
+    parser.add_argument("--exporters", default=",".join(EXPORTERS), help="which to run")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s] or (
@@ -261,7 +262,7 @@ def main() -> None:
         for users in sizes:
             with FakeWindsurf(team=synthetic_team(users, groups=GROUPS)) as fake:
                 config = config_file(Path(tmp), fake.url)
-                for name in EXPORTERS:
+                for name in args.exporters.split(","):
                     print(f"{users:,} users: {name}...", file=sys.stderr, flush=True)
                     limit = budget if name == "baseline" else float("inf")
                     results.append(measure(name, users, config, rounds, limit))

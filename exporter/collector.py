@@ -23,6 +23,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import AnyStr
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_exposition
@@ -166,11 +167,13 @@ FAMILIES = (*_HEALTH, BUILD, *_GROUP_DATA, *_USER_DATA, USER_AGE, USER_IDLE, GRO
 
 def escape(value: str) -> str:
     """A label value as the exposition formats need it."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
 
 
 def labels(pairs: Iterable[tuple[str, str]]) -> str:
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs) + "}"
+    return "{" + ",".join([f'{k}="{escape(v)}"' for k, v in pairs]) + "}"
 
 
 def number(value: float) -> str:
@@ -202,13 +205,36 @@ def user_labeler(config: Config) -> Callable[[UserStats], list[tuple[str, str]]]
     ]
 
 
+class _Ages:
+    """Lines whose value is `now - t` at scrape time, clamped at 0 so clock skew reads as 0.
+
+    Kept as [text before the value, a slot for it, newline] per line: a scrape only formats the
+    numbers into a copy and joins it, the hot loop of every scrape.
+    """
+
+    __slots__ = ("_parts", "_times")
+
+    def __init__(self, lines: Iterable[tuple[str, float]]) -> None:
+        self._parts: list[str] = []
+        self._times: list[float] = []
+        for prefix, t in lines:
+            self._parts += (prefix, "", "\n")
+            self._times.append(t)
+
+    def render(self, now: float) -> str:
+        parts = self._parts.copy()  # scrapes may run concurrently: each fills its own copy
+        parts[1::3] = [f"{now - t if t < now else 0.0:.3f}" for t in self._times]
+        return "".join(parts)
+
+
 @dataclass(frozen=True)
 class _Prepared:
-    """One group's report, pre-rendered: static chunks and what ages need at scrape time."""
+    """One group's report, pre-rendered: static chunks (UTF-8, shared by both formats) and what
+    ages need at scrape time."""
 
-    chunks: dict[Family, str]
-    ages: list[tuple[str, float]]
-    idle: list[tuple[str, float]]
+    chunks: dict[Family, bytes]
+    ages: _Ages
+    idle: _Ages
     idle_since: list[float]  # billable users, sorted, for windsurf_group_idle_users
 
 
@@ -262,8 +288,8 @@ def _prepare(group: str, report: GroupReport, config: Config) -> _Prepared:
             add(USER_INFO, [*who, *info], 1)
             if user.idle_since is not None:
                 idle.append((f"{USER_IDLE.name}{labels(who)} ", user.idle_since))
-    chunks = {f: "".join(line + "\n" for line in ls) for f, ls in lines.items() if ls}
-    return _Prepared(chunks, ages, idle, idle_since)
+    chunks = {f: "".join([line + "\n" for line in ls]).encode() for f, ls in lines.items() if ls}
+    return _Prepared(chunks, _Ages(ages), _Ages(idle), idle_since)
 
 
 def _health(state: GroupState) -> dict[Family, str]:
@@ -301,9 +327,13 @@ def is_live(state: GroupState, now: float, max_staleness: float) -> bool:
 
 @dataclass
 class _Static:
+    """The part of the exposition that only a new poll changes, for one snapshot and format:
+    its pieces (the groups' chunks, not copies) and, once a scrape asks for gzip, the pieces
+    compressed and the compressor's state after them."""
+
     snapshot: Snapshot
     live: tuple[bool, ...]
-    body: bytes
+    pieces: list[bytes]
     gzip: zlib._Compress | None = None
     gzip_head: bytes = b""
 
@@ -335,13 +365,12 @@ class Collector:
         static = self._static_part(snapshot, live, prepared, openmetrics)
         dynamic = self._dynamic_part(snapshot, prepared, now, openmetrics).encode()
         if not gzip:
-            return static.body + dynamic
+            return b"".join([*static.pieces, dynamic])
         with self._lock:
             if static.gzip is None:
                 static.gzip = zlib.compressobj(1, zlib.DEFLATED, 31)
-                static.gzip_head = static.gzip.compress(static.body) + static.gzip.flush(
-                    zlib.Z_SYNC_FLUSH
-                )
+                head = [static.gzip.compress(piece) for piece in static.pieces]
+                static.gzip_head = b"".join([*head, static.gzip.flush(zlib.Z_SYNC_FLUSH)])
             compressor = static.gzip.copy()
         return static.gzip_head + compressor.compress(dynamic) + compressor.flush()
 
@@ -374,13 +403,13 @@ class Collector:
         health = [_health(s) for s in snapshot.groups]
         out: list[str] = []
         for family in _HEALTH:
-            out.extend(_family(family, [h.get(family, "") for h in health], openmetrics))
+            out.extend(_family(family.header(openmetrics), [h.get(family, "") for h in health]))
         out.append(BUILD.header(openmetrics) + self._build)
+        pieces = ["".join(out).encode()]
         for family in (*_GROUP_DATA, *_USER_DATA):
-            out.extend(
-                _family(family, [p.chunks.get(family, "") for p in prepared if p], openmetrics)
-            )
-        static = _Static(snapshot=snapshot, live=live, body="".join(out).encode())
+            chunks = [p.chunks.get(family, b"") for p in prepared if p]
+            pieces.extend(_family(family.header(openmetrics).encode(), chunks))
+        static = _Static(snapshot=snapshot, live=live, pieces=pieces)
         with self._lock:
             self._static[openmetrics] = static
         return static
@@ -390,12 +419,11 @@ class Collector:
     ) -> str:
         live = [(s.name, p) for s, p in zip(snapshot.groups, prepared, strict=True) if p]
         out = [
-            *_family(USER_AGE, [_ages(p.ages, now) for _, p in live], openmetrics),
-            *_family(USER_IDLE, [_ages(p.idle, now) for _, p in live], openmetrics),
+            *_family(USER_AGE.header(openmetrics), [p.ages.render(now) for _, p in live]),
+            *_family(USER_IDLE.header(openmetrics), [p.idle.render(now) for _, p in live]),
             *_family(
-                GROUP_IDLE,
+                GROUP_IDLE.header(openmetrics),
                 [_idle_counts(name, p.idle_since, snapshot.config, now) for name, p in live],
-                openmetrics,
             ),
         ]
         if self._registry is not None:
@@ -409,15 +437,9 @@ class Collector:
         return "".join(out)
 
 
-def _family(family: Family, chunks: list[str], openmetrics: bool) -> list[str]:
-    if not any(chunks):
-        return []
-    return [family.header(openmetrics), *chunks]
-
-
-def _ages(pairs: list[tuple[str, float]], now: float) -> str:
-    # The hot loop of every scrape: one f-string per series, clamped so clock skew reads as 0.
-    return "".join([f"{prefix}{max(now - t, 0.0):.3f}\n" for prefix, t in pairs])
+def _family(header: AnyStr, chunks: list[AnyStr]) -> list[AnyStr]:
+    """A family's header and its groups' lines; nothing when no group has any."""
+    return [header] + chunks if any(chunks) else []
 
 
 def _idle_counts(group: str, idle_since: list[float], config: Config, now: float) -> str:
