@@ -439,7 +439,11 @@ class Collector:
 
 def _family(header: AnyStr, chunks: list[AnyStr]) -> list[AnyStr]:
     """A family's header and its groups' lines; nothing when no group has any."""
-    return [header] + chunks if any(chunks) else []
+    if not any(chunks):
+        return []
+    out = [header]
+    out.extend(chunks)
+    return out
 
 
 def _idle_counts(group: str, idle_since: list[float], config: Config, now: float) -> str:
