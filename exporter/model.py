@@ -9,6 +9,7 @@ from __future__ import annotations
 import calendar
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,8 +189,9 @@ def _user(email: str, row: Mapping[str, Any], active: Mapping[str, float]) -> Us
     return UserStats(
         email=email,
         name=_text(row.get("name")),
-        role=_text(row.get("role")),
-        team_status=_text(row.get("teamStatus")),
+        # A handful of values repeated on every row: one string each, not one per user.
+        role=sys.intern(_text(row.get("role"))),
+        team_status=sys.intern(_text(row.get("teamStatus"))),
         disabled=parse_bool(row.get("disableCodeium")),
         signup=parse_time(row.get("signupTime")),
         last_usage=(usage[0], usage[1], usage[2]),
