@@ -323,15 +323,29 @@ def test_api_keys_never_appear() -> None:
         assert "bbbbbbbb" not in text
 
 
-def test_gzip_is_the_same_exposition() -> None:
+def assert_gzip_is_the_plain_exposition(snapshot: Snapshot, now: float) -> None:
     collector = Collector()
-    snapshot = fixed_snapshot()
     for openmetrics in (False, True):
-        plain = collector.render(snapshot, NOW, openmetrics=openmetrics)
+        plain = collector.render(snapshot, now, openmetrics=openmetrics)
         # Twice: the second time the compressed static part comes from the cache.
         for _ in range(2):
-            packed = collector.render(snapshot, NOW, openmetrics=openmetrics, gzip=True)
+            packed = collector.render(snapshot, now, openmetrics=openmetrics, gzip=True)
             assert gzip.decompress(packed) == plain
+
+
+def test_gzip_is_the_same_exposition() -> None:
+    assert_gzip_is_the_plain_exposition(fixed_snapshot(), NOW)
+
+
+def test_a_use_later_than_the_scrape_clock_reads_as_age_zero() -> None:
+    # Clock skew: at this `now` Alice's autocomplete use (22:56:10Z) is still 7,030 s ahead.
+    now = 1728593940.0  # 2024-10-10T20:59:00Z
+    m = samples(render(now=now))
+    alice = 'group="engineering",user="alice@example.com"'
+    age = "windsurf_user_last_usage_age_seconds{" + alice
+    assert m[age + ',feature="autocomplete"}'] == 0
+    assert m[age + ',feature="chat"}'] == now - 1728585000.5
+    assert m["windsurf_user_idle_seconds{" + alice + "}"] == 0
 
 
 @pytest.mark.skipif(
