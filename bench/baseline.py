@@ -101,28 +101,37 @@ class Metrics:
             put(
                 self.idle_users,
                 (group, threshold.label),
-                lambda s=threshold.seconds: bisect_left(idle_since, time.time() - s),
+                idle_count(idle_since, threshold.seconds),
             )
         for user in report.users:
             who = (group, user.email)
-            for window, days in user.active_days.items():
-                put(self.user_active, (*who, window), days)
+            for label, days in user.active_days.items():
+                put(self.user_active, (*who, label), days)
             if user.prompt_credits is not None:
                 put(self.user_credits, who, user.prompt_credits)
             for feature, last in zip(FEATURES, user.last_usage, strict=True):
                 if last is not None:
                     put(self.user_last, (*who, feature), last)
-                    put(self.user_age, (*who, feature), lambda t=last: max(time.time() - t, 0.0))
+                    put(self.user_age, (*who, feature), age(last))
             if user.signup is not None:
                 put(self.user_signup, who, user.signup)
             put(self.user_disabled, who, float(user.disabled))
             put(self.user_info, (*who, user.name, user.email, user.role, user.team_status), 1)
             if user.idle_since is not None:
-                since = user.idle_since
-                put(self.user_idle, who, lambda t=since: max(time.time() - t, 0.0))
+                put(self.user_idle, who, age(user.idle_since))
         for gauge, labels in self._set.get(group, set()) - seen:
             gauge.remove(*labels)
         self._set[group] = seen
+
+
+def age(since: float) -> Callable[[], float]:
+    """Seconds since `since`, computed on every scrape (`set_function`), 0 if in the future."""
+    return lambda: max(time.time() - since, 0.0)
+
+
+def idle_count(idle_since: list[float], seconds: float) -> Callable[[], float]:
+    """Seats idle longer than `seconds`, counted on every scrape."""
+    return lambda: bisect_left(idle_since, time.time() - seconds)
 
 
 def poll(config: Config, metrics: Metrics, http: httpx.Client) -> None:

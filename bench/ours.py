@@ -60,7 +60,7 @@ class TimedPoller(Poller):
 
 
 def main() -> None:
-    cli.Poller = TimedPoller  # type: ignore[misc]
+    cli.Poller = TimedPoller  # type: ignore[attr-defined,assignment]
     args = cli.build_parser().parse_args(sys.argv[1:])
     cli.setup_logging(args.log_level, args.log_format, list)
     exporter = cli.Exporter(args)
