@@ -1,7 +1,8 @@
 """Benchmark: windsurf-exporter against the obvious prometheus_client exporter, side by side.
 
     uv run python bench/run.py                       # 1k, 10k, 20k and 50k users
-    uv run python bench/run.py --sizes 20000 --quick
+    uv run python bench/run.py --quick               # 1k and 10k users, fewer scrapes
+    uv run python bench/run.py --sizes 1000,10000,50000
 
 For each team size it serves a synthetic team over 10 groups from the demo's fake API, then runs
 each exporter (bench/ours.py, bench/baseline.py) in a process of its own against it and measures:
@@ -39,7 +40,7 @@ from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, synthetic_team
 
 HERE = Path(__file__).resolve().parent
 GROUPS = tuple(f"group-{i:02d}" for i in range(10))
-# What Prometheus 2.x sends by default (OpenMetrics preferred) and with text-only scrape_protocols.
+# Prometheus 2.x's default Accept (OpenMetrics preferred), and one for a text-only scrape.
 ACCEPT = {
     "text": "text/plain;version=0.0.4;q=1,*/*;q=0.1",
     "openmetrics": "application/openmetrics-text;version=1.0.0,"
