@@ -266,7 +266,15 @@ def _prepare(group: str, report: GroupReport, config: Config) -> _Prepared:
     return _Prepared(chunks, ages, idle, idle_since)
 
 
+def _utf8(text: str) -> bytes:
+    # JSON can carry lone surrogates; one bad name must not make every scrape fail.
+    return text.encode("utf-8", "replace")
+
+
 def _health(state: GroupState) -> dict[Family, str]:
+    """The group's health series; none before its first poll, since unknown is not down."""
+    if not state.polls:
+        return {}
     g = labels([("group", state.name)])
     out = {UP: f"{UP.name}{g} {int(state.up)}\n", POLLS: f"{POLLS.name}{g} {state.polls}\n"}
     if state.last_success is not None:
@@ -333,7 +341,7 @@ class Collector:
             for s, ok in zip(snapshot.groups, live, strict=True)
         ]
         static = self._static_part(snapshot, live, prepared, openmetrics)
-        dynamic = self._dynamic_part(snapshot, prepared, now, openmetrics).encode()
+        dynamic = _utf8(self._dynamic_part(snapshot, prepared, now, openmetrics))
         if not gzip:
             return static.body + dynamic
         with self._lock:
@@ -380,7 +388,7 @@ class Collector:
             out.extend(
                 _family(family, [p.chunks.get(family, "") for p in prepared if p], openmetrics)
             )
-        static = _Static(snapshot=snapshot, live=live, body="".join(out).encode())
+        static = _Static(snapshot=snapshot, live=live, body=_utf8("".join(out)))
         with self._lock:
             self._static[openmetrics] = static
         return static
