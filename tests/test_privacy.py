@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from exporter.collector import user_labels
 from exporter.config import ConfigError, parse_config
 from exporter.demo import FakeWindsurf, synthetic_team
-from exporter.model import parse_time
+from exporter.model import UserStats, parse_time
 from tests.conftest import Running, samples, wait_for
 
 DAY = 86400.0
@@ -261,6 +262,9 @@ def test_hash_mode_shows_no_email_or_name_anywhere_in_metrics(
         leaked = {s for s in emails_and_names(now) if s.lower() in text.lower()}
         assert not leaked, f"{leaked} in /metrics ({accept})"
         assert "key-of-" not in text
+    landing = running.scrape("/").text
+    assert SALT not in landing
+    assert not {s for s in emails_and_names(now) if s in landing}
 
 
 def test_hash_mode_pseudonym_is_salted_sha256_of_the_email_and_same_across_groups(
@@ -330,3 +334,17 @@ def test_window_and_threshold_labels_count_in_days_however_spelled() -> None:
     )
     assert [w.label for w in config.windows] == ["7d", "30d"]
     assert [w.label for w in config.idle_thresholds] == ["7d", "30d"]
+
+
+def test_name_mode_tags_a_user_without_a_name_instead_of_an_empty_label() -> None:
+    config = parse_config({"labels": {"user": "name"}}, require_key=False)
+    users = [UserStats(email="x@example.com"), UserStats(email="y@example.com", name="Yan")]
+    tag = hashlib.sha256(b"x@example.com").hexdigest()[:8]
+    assert [label for label, _ in user_labels(users, config)] == [f"#{tag}", "Yan"]
+
+
+def test_a_salt_file_in_email_mode_is_reported_unused(tmp_path: Path) -> None:
+    salt = tmp_path / "salt"
+    salt.write_text(SALT)
+    config = parse_config({"labels": {"hash_salt_file": str(salt)}}, require_key=False)
+    assert "labels.hash_salt_file: unused, labels.user is email" in config.warnings()
