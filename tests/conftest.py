@@ -132,9 +132,17 @@ def exporter_process() -> Iterator[Callable[..., Process]]:
     """Run `python -m exporter` as a real process; its URL is read from its startup log line."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None) -> Process:
+    def start(
+        *flags: str, env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> Process:
+        """`command` replaces `python -m exporter`, e.g. with an installed console script."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--web.listen-address", "127.0.0.1:0", *flags],
+            [
+                *(command or [sys.executable, "-m", "exporter"]),
+                "--web.listen-address",
+                "127.0.0.1:0",
+                *flags,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
