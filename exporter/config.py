@@ -89,14 +89,13 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Seconds -> the shortest Prometheus-style duration, so `720h` and `30d` label alike."""
+    """Seconds -> a Prometheus-style duration in days at most, so `720h` and `30d` both label
+    as `30d`, the same as the built-in defaults (weeks would turn `30d` into `4w2d`)."""
     if seconds == 0:
         return "0s"
     millis = round(seconds * 1000)
     parts = []
     for unit, size in (
-        ("y", 31_536_000_000),
-        ("w", 604_800_000),
         ("d", 86_400_000),
         ("h", 3_600_000),
         ("m", 60_000),
