@@ -76,6 +76,7 @@ class Poller:
         self._running: set[str] = set()
         self._unpolled: set[str] = set()
         self._retired: list[Client] = []  # replaced by a reload; closed once no poll uses them
+        self._client: Client  # set by _apply
         self._apply(config)
 
     @property

@@ -42,7 +42,9 @@ def require_binary(name: str) -> str:
     """The path of a Prometheus tool; CI must have it (it installs Debian's prometheus)."""
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} is not installed (apt-get install prometheus gives prometheus and promtool)"
+        reason = (
+            f"{name} is not installed (apt-get install prometheus gives prometheus and promtool)"
+        )
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI must install it, see .ci/run")
         pytest.skip(reason)

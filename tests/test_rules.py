@@ -36,7 +36,9 @@ def test_example_prometheus_config_is_valid_and_loads_the_rules() -> None:
 def test_example_scrape_timeout_leaves_room_for_a_large_team() -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "windsurf")
-    timeout, interval = (int(job[k].removesuffix("s")) for k in ("scrape_timeout", "scrape_interval"))
+    timeout, interval = (
+        int(job[k].removesuffix("s")) for k in ("scrape_timeout", "scrape_interval")
+    )
     assert 10 < timeout < interval
 
 
@@ -89,7 +91,8 @@ def test_every_alert_has_a_severity_and_names_its_group_or_user() -> None:
     for alert in alerts:
         assert alert["labels"]["severity"] in ("info", "warning", "critical"), alert["alert"]
         annotations = alert["annotations"]
-        assert annotations.get("summary") and annotations.get("description"), alert["alert"]
+        assert annotations.get("summary"), alert["alert"]
+        assert annotations.get("description"), alert["alert"]
         if not alert["expr"].startswith("absent("):  # absence has no group to name
             text = annotations["summary"] + annotations["description"]
             assert "$labels.group" in text, alert["alert"]
@@ -100,7 +103,8 @@ def test_every_alert_has_a_severity_and_names_its_group_or_user() -> None:
 def test_thresholds_are_set_in_one_place_and_all_used() -> None:
     rules = load_rules()
     thresholds = [r for r in rules if r.get("record", "").startswith(THRESHOLD)]
-    assert thresholds and all(r["group"] == "windsurf.thresholds" for r in thresholds)
+    assert thresholds
+    assert all(r["group"] == "windsurf.thresholds" for r in thresholds)
     others = [r for r in rules if r not in thresholds]
     for rule in others:
         numbers = set(_NUMBER.findall(rule["expr"])) - {"0", "1"}
