@@ -91,6 +91,27 @@ class Running:
         return samples(response.text)
 
 
+def launch_exporter(
+    *flags: str,
+    clock: Callable[[], float] = time.time,
+    environ: dict[str, str] | None = None,
+    wait_ready: bool = True,
+) -> Exporter:
+    """Start the real exporter in-process on 127.0.0.1:0; the caller stops it."""
+    args: argparse.Namespace = build_parser().parse_args(
+        ["--web.listen-address", "127.0.0.1:0", *flags]
+    )
+    exporter = Exporter(args, clock=clock, environ=environ or {})
+    exporter.start()
+    if wait_ready:
+        try:
+            wait_for(exporter.poller.ready.is_set, what="first poll")
+        except BaseException:
+            exporter.stop()
+            raise
+    return exporter
+
+
 @pytest.fixture
 def start_exporter() -> Iterator[Callable[..., Running]]:
     """Run the real exporter in-process on 127.0.0.1:0; stopped when the test ends."""
@@ -102,14 +123,8 @@ def start_exporter() -> Iterator[Callable[..., Running]]:
         environ: dict[str, str] | None = None,
         wait_ready: bool = True,
     ) -> Running:
-        args: argparse.Namespace = build_parser().parse_args(
-            ["--web.listen-address", "127.0.0.1:0", *flags]
-        )
-        exporter = Exporter(args, clock=clock, environ=environ or {})
-        exporter.start()
+        exporter = launch_exporter(*flags, clock=clock, environ=environ, wait_ready=wait_ready)
         started.append(exporter)
-        if wait_ready:
-            wait_for(exporter.poller.ready.is_set, what="first poll")
         return Running(exporter)
 
     yield start
