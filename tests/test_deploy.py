@@ -4,6 +4,7 @@ place, and the config they ship passes the exporter's own validation."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tomllib
@@ -181,3 +182,34 @@ def test_secret_volume_is_readable_by_the_pod_group_only(pod: dict[str, Any]) ->
     (volume,) = [v for v in pod["volumes"] if "secret" in v]
     assert volume["secret"]["defaultMode"] == 0o440
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def expected_prometheus_rule() -> dict[str, Any]:
+    """The PrometheusRule the Operator loads: exactly the groups of prometheus/rules.yml."""
+    rules = yaml.safe_load((ROOT / "prometheus" / "rules.yml").read_text())
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": "windsurf-exporter",
+            "labels": {
+                "app.kubernetes.io/name": "windsurf-exporter",
+                "app.kubernetes.io/component": "exporter",
+            },
+        },
+        "spec": {"groups": rules["groups"]},
+    }
+
+
+def test_the_prometheus_rule_holds_exactly_the_rules_file() -> None:
+    """Regenerate after editing prometheus/rules.yml: UPDATE_GOLDEN=1 uv run pytest."""
+    path = DEPLOY / "prometheusrule.yaml"
+    expected = expected_prometheus_rule()
+    if os.environ.get("UPDATE_GOLDEN"):
+        header = (
+            "# Generated from prometheus/rules.yml by tests/test_deploy.py"
+            " (UPDATE_GOLDEN=1 uv run pytest);\n# do not edit by hand."
+            " Label it for your Operator's ruleSelector.\n"
+        )
+        path.write_text(header + yaml.safe_dump(expected, sort_keys=False, width=100))
+    assert yaml.safe_load(path.read_text()) == expected
