@@ -271,7 +271,7 @@ class FakeWindsurf:
 
     def start(self) -> FakeWindsurf:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-windsurf", daemon=True
+            target=self._server.serve_forever, args=(0.1,), name="fake-windsurf", daemon=True
         )
         self._thread.start()
         return self
