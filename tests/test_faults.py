@@ -330,7 +330,8 @@ def test_retry_after_seconds_is_waited_out_before_asking_again(
 ) -> None:
     start_fast(["engineering"])
     faulted_at = time.time()
-    fake_api.set_fault("engineering", Fault(429, headers={"Retry-After": "2"}))
+    # The 429 comes half a second after the request: the wait starts with the reply.
+    fake_api.set_fault("engineering", Fault(429, headers={"Retry-After": "2"}, delay=0.5))
     first, second = wait_for(
         lambda: (
             since(fake_api, "engineering", faulted_at)[:2]
@@ -341,7 +342,7 @@ def test_retry_after_seconds_is_waited_out_before_asking_again(
         what="the request after the 429",
     )
     # The fake API's own clock: without Retry-After the next poll would come after 1s.
-    assert second.at - first.at >= 2.0
+    assert second.at - (first.at + 0.5) >= 2.0
     logged = [r for r in log.failures("engineering") if r.created < second.at]
     assert len(logged) == 1, "the 429 is logged once"
     assert "next attempt in 2s" in logged[0].getMessage()
