@@ -197,16 +197,18 @@ class Server(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         tls = self.app.web.tls
-        if tls is not None:
-            request.settimeout(10)
-            try:
-                request = tls.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as err:
-                log.debug(
-                    "TLS handshake failed", extra={"client": client_address[0], "err": str(err)}
-                )
-                return
-        super().finish_request(request, client_address)
+        if tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(10)
+        try:
+            wrapped = tls.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as err:
+            log.debug("TLS handshake failed", extra={"client": client_address[0], "err": str(err)})
+            return
+        # The TLS socket owns the descriptor now; socketserver would close only the plain one.
+        with wrapped:
+            super().finish_request(wrapped, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away mid-request is one debug line, not a traceback on stderr."""
