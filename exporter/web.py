@@ -286,6 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if self.server.stopping:
             self.close_connection = True
+        if self.close_connection:
             self.send_header("Connection", "close")
         for key, value in {**self.server.app.web.headers, **(headers or {})}.items():
             self.send_header(key, value)
@@ -298,6 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
             return True  # says nothing about the data; lets container health checks work
         if self.server.auth.check(self.headers.get("Authorization")):
             return True
+        self.close_connection = True  # an unread request body must not pass for the next request
         self._send(
             HTTPStatus.UNAUTHORIZED,
             b"Unauthorized\n",

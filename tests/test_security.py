@@ -9,6 +9,7 @@ import ipaddress
 import json
 import logging
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -222,6 +223,7 @@ def test_basic_auth_refusal_is_a_401_and_nothing_else(
     assert response.status_code == 401
     assert response.text == "Unauthorized\n"
     assert response.headers["WWW-Authenticate"] == 'Basic realm="windsurf-exporter"'
+    assert response.headers["Connection"] == "close"
     assert set(response.headers) <= {
         "server",
         "date",
@@ -430,3 +432,24 @@ def test_service_key_may_come_from_the_environment(
         page = running.scrape("/").text
     assert "&lt;unset: from $WINDSURF_SERVICE_KEY&gt;" in page
     assert SERVICE_KEY not in page
+
+
+def test_malformed_or_abandoned_requests_get_no_traceback(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = write_config({"api": {"url": fake_api.url}, "groups": ["engineering"]})
+    running = start_exporter("--config.file", str(config))
+    address = running.exporter.server.server_address  # type: ignore[union-attr]
+    with socket.create_connection(address[:2], timeout=5) as conn:
+        conn.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n")
+        assert conn.recv(1024).startswith(b"HTTP/1.1 400 ")
+    with socket.create_connection(address[:2], timeout=5) as conn:
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and hang up unread
+    assert running.scrape("/-/healthy").status_code == 200
+    running.exporter.stop()
+    assert "Traceback" not in capsys.readouterr().err
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
