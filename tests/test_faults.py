@@ -15,7 +15,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -130,39 +131,44 @@ class Records(logging.Handler):
         ]
 
 
-@pytest.fixture(scope="module")
-def exporter_log() -> Iterator[Records]:
+@contextmanager
+def capture_log() -> Iterator[Records]:
+    """Every record of the exporter's loggers, debug included, while the block runs."""
     handler = Records()
     logger = logging.getLogger("exporter")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @pytest.fixture
-def log(exporter_log: Records) -> Records:
-    exporter_log.records.clear()
-    return exporter_log
+def log() -> Iterator[Records]:
+    with capture_log() as records:
+        yield records
 
 
 def one_line(record: logging.LogRecord) -> str:
-    return Formatter("logfmt", list).format(record)
+    """The record as the exporter writes it (logfmt)."""
+    return Formatter("logfmt", lambda: []).format(record)
 
 
 @dataclass
 class Scenario:
     fake: FakeWindsurf
-    before_text: str
-    after_text: str
+    down_text: str  # the first scrape with every fault group down
+    after_text: str  # two healthy polls later
     faulted_at: float
-    final: dict[str, float] = field(default_factory=dict)
+    final: dict[str, float]  # what the exporter counted in the end, after its stop
+    log: Records  # from the moment the faults were set
 
     @property
-    def before(self) -> dict[str, float]:
-        return samples(self.before_text)
+    def down(self) -> dict[str, float]:
+        return samples(self.down_text)
 
     @property
     def after(self) -> dict[str, float]:
@@ -184,9 +190,12 @@ def bursts(requests: list[Recorded], gap: float = 0.5) -> list[list[float]]:
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory: pytest.TempPathFactory, exporter_log: Records) -> Iterator[Scenario]:
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     names = [row.group for row in ROWS] + [HEALTHY]
-    with FakeWindsurf(team=synthetic_team(size=4 * len(names), groups=names)) as fake:
+    with (
+        FakeWindsurf(team=synthetic_team(size=4 * len(names), groups=names)) as fake,
+        ExitStack() as stack,
+    ):
         config = write_config_in(
             tmp_path_factory.mktemp("faults"),
             {"api": {**API, "url": fake.url}, "poll": POLL, "groups": names},
@@ -194,44 +203,58 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, exporter_log: Records) ->
         running = launch("--config.file", str(config))
         try:
             wait_for(lambda: all(up(running.metrics(), g) == 1 for g in names), what="all up")
-            before = running.scrape().text
-            polls = series("windsurf_exporter_polls_total", HEALTHY)
-            exporter_log.records.clear()
+            log = stack.enter_context(capture_log())
             faulted_at = time.time()
             for row in ROWS:
                 fake.set_fault(row.group, row.fault)
-
-            def settled() -> bool:
-                now = running.metrics()
-                return now[polls] >= samples(before)[polls] + 2 and all(
-                    errors(now, row.group, row.reason) >= 1 for row in ROWS
-                )
-
-            wait_for(settled, timeout=20, what="every fault group to fail")
-            after = running.scrape().text
+            down = wait_for(
+                lambda: (
+                    all(
+                        errors(samples(text := running.scrape().text), r.group, r.reason)
+                        for r in ROWS
+                    )
+                    and text
+                ),
+                timeout=20,
+                what="every fault group to fail",
+            )
+            polls = series("windsurf_exporter_polls_total", HEALTHY)
+            after = wait_for(
+                lambda: (
+                    samples(text := running.scrape().text)[polls] >= samples(down)[polls] + 2
+                    and text
+                ),
+                what="two more polls of the healthy group",
+            )
         finally:
             running.exporter.stop()
-        result = Scenario(fake, before, after, faulted_at)
-        # After the stop no poll commits any more; what the exporter counted in the end:
+        # After the stop no poll commits any more: this is what the exporter counted in the end.
         exporter = running.exporter
-        result.final = samples(
-            exporter.app.collector.render(exporter.poller.snapshot, time.time()).decode()
+        final = samples(exporter.app.collector.render(exporter.poller.snapshot, 0.0).decode())
+        wait_for(
+            lambda: all(
+                len(log.failures(row.group)) == errors(final, row.group, row.reason) for row in ROWS
+            ),
+            timeout=5,
+            what="the log lines of the last committed polls",
         )
-        yield result
+        stack.close()
+        yield Scenario(fake, down, after, faulted_at, final, log)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.group for row in ROWS])
 def test_fault_marks_group_down_and_keeps_last_good_data(scenario: Scenario, row: Row) -> None:
-    before, after = scenario.before, scenario.after
+    down, after = scenario.down, scenario.after
     assert up(after, row.group) == 0
     assert errors(after, row.group, row.reason) >= 1
     others = [r.value for r in Reason if r.value != row.reason]
     assert [errors(after, row.group, r) for r in others] == [0] * len(others)
     last_success = series("windsurf_exporter_last_success_timestamp_seconds", row.group)
-    assert after[last_success] == before[last_success], "last success must stay frozen"
+    assert after[last_success] == down[last_success], "last success must stay frozen"
+    assert after[last_success] < scenario.requests_since_fault(row.group)[0].at
     kept = group_series(scenario.after_text, row.group)
     assert kept, "the group's last good data must still be exported"
-    assert kept == group_series(scenario.before_text, row.group)
+    assert kept == group_series(scenario.down_text, row.group)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.group for row in ROWS])
@@ -251,17 +274,9 @@ def test_fault_retries_only_what_is_worth_retrying(scenario: Scenario, row: Row)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.group for row in ROWS])
-def test_fault_logs_one_line_per_failure(
-    scenario: Scenario, exporter_log: Records, row: Row
-) -> None:
-    failed = errors(scenario.final, row.group, row.reason)
-    records = wait_for(
-        lambda: (
-            len(exporter_log.failures(row.group)) == failed and exporter_log.failures(row.group)
-        ),
-        timeout=5,
-        what=f"{failed} log lines",
-    )
+def test_fault_logs_one_line_per_failure(scenario: Scenario, row: Row) -> None:
+    records = scenario.log.failures(row.group)
+    assert len(records) == errors(scenario.final, row.group, row.reason) >= 1
     for record in records:
         line = one_line(record)
         assert "\n" not in line
@@ -280,16 +295,16 @@ def test_retry_after_defers_the_group_instead_of_polling_each_interval(
 
 
 def test_healthy_group_is_untouched_by_the_others_faults(scenario: Scenario) -> None:
-    before, after = scenario.before, scenario.after
+    down, after = scenario.down, scenario.after
     assert up(after, HEALTHY) == 1
     assert [errors(after, HEALTHY, r.value) for r in Reason] == [0] * len(Reason)
     success = series("windsurf_exporter_last_success_timestamp_seconds", HEALTHY)
-    assert after[success] > before[success]
+    assert after[success] > down[success]
 
 
-def test_no_fault_leaves_a_traceback(scenario: Scenario, exporter_log: Records) -> None:
-    assert exporter_log.records
-    assert [r.getMessage() for r in exporter_log.records if r.exc_info] == []
+def test_no_fault_leaves_a_traceback(scenario: Scenario) -> None:
+    assert scenario.log.records
+    assert [r.getMessage() for r in scenario.log.records if r.exc_info] == []
 
 
 def test_hang_is_cut_at_the_timeout(scenario: Scenario) -> None:
