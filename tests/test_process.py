@@ -55,6 +55,17 @@ def test_stop_signal_exits_0_within_2s_even_mid_poll_with_keepalive_clients(
     assert "Traceback" not in output(process)
 
 
+def test_stop_signal_right_after_the_startup_line_still_exits_0(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    exporter_process: Callable[..., Process],
+) -> None:
+    config = write_config(config_for(fake_api, ["engineering"]))
+    process = exporter_process("--config.file", str(config))
+    process.proc.send_signal(signal.SIGTERM)  # the handlers are in place before that line
+    assert process.proc.wait(timeout=2) == 0
+
+
 def test_sighup_reloads_a_good_config(
     fake_api: FakeWindsurf,
     write_config: Callable[..., Path],

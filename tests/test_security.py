@@ -32,6 +32,7 @@ from exporter.api import ApiError, Client
 from exporter.cli import Formatter
 from exporter.config import ApiConfig, Secret
 from exporter.demo import FakeWindsurf, Fault, synthetic_team
+from exporter.web import _Authenticator
 from tests.conftest import ROOT, Process, Running, samples, wait_for, write_config_in
 from tests.test_faults import API, HEALTHY, POLL, ROWS, WINDOW
 
@@ -453,3 +454,11 @@ def test_malformed_or_abandoned_requests_get_no_traceback(
     running.exporter.stop()
     assert "Traceback" not in capsys.readouterr().err
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+def test_an_unknown_user_costs_as_much_bcrypt_work_as_a_wrong_password() -> None:
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=6))
+    auth = _Authenticator({"prometheus": hashed})
+    assert auth._dummy.startswith(b"$2b$06$"), "the stand-in hash has the users' cost"
+    assert not auth.check(basic("nobody", PASSWORD))
+    assert auth.check(basic("prometheus", PASSWORD))
