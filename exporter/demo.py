@@ -348,6 +348,8 @@ class FakeWindsurf:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 drops connects when many groups poll at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up (e.g. refusing a too-large reply) is normal here, not news."""
         if not isinstance(sys.exc_info()[1], OSError):

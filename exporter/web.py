@@ -184,6 +184,7 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 drops connects under a burst of scrapes
 
     def __init__(self, address: tuple[str, int], app: App) -> None:
         self.app = app
