@@ -157,6 +157,20 @@ def one_line(record: logging.LogRecord) -> str:
     return Formatter("logfmt", lambda: []).format(record)
 
 
+def since(fake: FakeWindsurf, group: str, start: float) -> list[Recorded]:
+    """The fake API's log of `group` from `start` on (its own clock)."""
+    return [r for r in fake.requests_for(group) if r.at >= start]
+
+
+def next_two(fake: FakeWindsurf, group: str, start: float) -> list[Recorded]:
+    """Wait for the first two requests of `group` from `start` on."""
+    return wait_for(
+        lambda: len(found := since(fake, group, start)) >= 2 and found[:2],
+        timeout=10,
+        what=f"two requests for {group}",
+    )
+
+
 @dataclass
 class Scenario:
     fake: FakeWindsurf
@@ -175,7 +189,7 @@ class Scenario:
         return samples(self.after_text)
 
     def requests_since_fault(self, group: str) -> list[Recorded]:
-        return [r for r in self.fake.requests_for(group) if r.at >= self.faulted_at]
+        return since(self.fake, group, self.faulted_at)
 
 
 def bursts(requests: list[Recorded], gap: float = 0.5) -> list[list[float]]:
@@ -336,10 +350,6 @@ def start_fast(
     return start
 
 
-def since(fake: FakeWindsurf, group: str, start: float) -> list[Recorded]:
-    return [r for r in fake.requests_for(group) if r.at >= start]
-
-
 def test_retry_after_seconds_is_waited_out_before_asking_again(
     fake_api: FakeWindsurf, start_fast: Callable[..., Running], log: Records
 ) -> None:
@@ -347,15 +357,7 @@ def test_retry_after_seconds_is_waited_out_before_asking_again(
     faulted_at = time.time()
     # The 429 comes half a second after the request: the wait starts with the reply.
     fake_api.set_fault("engineering", Fault(429, headers={"Retry-After": "2"}, delay=0.5))
-    first, second = wait_for(
-        lambda: (
-            since(fake_api, "engineering", faulted_at)[:2]
-            if len(since(fake_api, "engineering", faulted_at)) >= 2
-            else None
-        ),
-        timeout=10,
-        what="the request after the 429",
-    )
+    first, second = next_two(fake_api, "engineering", faulted_at)
     # The fake API's own clock: without Retry-After the next poll would come after 1s.
     assert second.at - (first.at + 0.5) >= 2.0
     logged = [r for r in log.failures("engineering") if r.created < second.at]
@@ -387,15 +389,7 @@ def test_retry_after_http_date_is_waited_out(
     date = formatdate(time.time() + 3, usegmt=True)
     faulted_at = time.time()
     fake_api.set_fault("engineering", Fault(503, headers={"Retry-After": date}))
-    first, second = wait_for(
-        lambda: (
-            since(fake_api, "engineering", faulted_at)[:2]
-            if len(since(fake_api, "engineering", faulted_at)) >= 2
-            else None
-        ),
-        timeout=10,
-        what="the request after the 503",
-    )
+    first, second = next_two(fake_api, "engineering", faulted_at)
     assert second.at >= parsedate_to_datetime(date).timestamp()
     assert second.at - first.at >= 1.0
 

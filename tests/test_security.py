@@ -39,6 +39,7 @@ from tests.test_faults import API, HEALTHY, POLL, ROWS, WINDOW
 # Short and not token-like, so only knowing the key (not a pattern) can keep it out of the text.
 SERVICE_KEY = "sk-Hunter2-rel"
 PASSWORD = "correct horse"
+USERS = {"prometheus": bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()}
 
 
 # --- Certificates made in the test ---
@@ -103,6 +104,10 @@ class Pki:
     client: Pem
     stranger: Pem  # a client certificate from another CA
 
+    def server_tls(self, **extra: str) -> dict[str, str]:
+        """tls_server_config serving the test server certificate."""
+        return {"cert_file": str(self.server.cert), "key_file": str(self.server.key), **extra}
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
@@ -123,6 +128,12 @@ def tls_client(pki: Pki, cert: Pem | None = None) -> httpx.Client:
     return httpx.Client(verify=context, timeout=5)
 
 
+def write_web_config(directory: Path, web: dict[str, Any]) -> Path:
+    path = directory / "web.yaml"
+    path.write_text(yaml.safe_dump(web))
+    return path
+
+
 @pytest.fixture
 def serve(
     fake_api: FakeWindsurf,
@@ -133,9 +144,8 @@ def serve(
     """Run the exporter in-process behind the given web config."""
 
     def start(web: dict[str, Any]) -> Running:
-        web_file = tmp_path / "web.yaml"
-        web_file.write_text(yaml.safe_dump(web))
         config = write_config({"api": {"url": fake_api.url}, "groups": ["engineering"]})
+        web_file = write_web_config(tmp_path, web)
         return start_exporter("--config.file", str(config), "--web.config.file", str(web_file))
 
     return start
@@ -147,9 +157,7 @@ def serve(
 def test_tls_serves_metrics_to_a_client_that_trusts_the_certificate(
     pki: Pki, serve: Callable[[dict[str, Any]], Running]
 ) -> None:
-    running = serve(
-        {"tls_server_config": {"cert_file": str(pki.server.cert), "key_file": str(pki.server.key)}}
-    )
+    running = serve({"tls_server_config": pki.server_tls()})
     assert running.url.startswith("https://127.0.0.1:")
     with tls_client(pki) as client:
         response = client.get(running.url + "/metrics")
@@ -166,12 +174,9 @@ def test_tls_client_certificates_are_required_and_verified(
 ) -> None:
     running = serve(
         {
-            "tls_server_config": {
-                "cert_file": str(pki.server.cert),
-                "key_file": str(pki.server.key),
-                "client_ca_file": str(pki.ca.cert),
-                "client_auth_type": "RequireAndVerifyClientCert",
-            }
+            "tls_server_config": pki.server_tls(
+                client_ca_file=str(pki.ca.cert), client_auth_type="RequireAndVerifyClientCert"
+            )
         }
     )
     with tls_client(pki, pki.client) as client:
@@ -192,8 +197,7 @@ def basic(user: str, password: str) -> str:
 
 @pytest.fixture
 def authed(serve: Callable[[dict[str, Any]], Running]) -> Running:
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-    return serve({"basic_auth_users": {"prometheus": hashed}})
+    return serve({"basic_auth_users": USERS})
 
 
 def test_basic_auth_right_password_gets_the_metrics(authed: Running) -> None:
@@ -247,18 +251,8 @@ def test_tls_and_basic_auth_together_in_the_real_process(
     exporter_process: Callable[..., Process],
     tmp_path: Path,
 ) -> None:
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-    web = tmp_path / "web.yaml"
-    web.write_text(
-        yaml.safe_dump(
-            {
-                "tls_server_config": {
-                    "cert_file": str(pki.server.cert),
-                    "key_file": str(pki.server.key),
-                },
-                "basic_auth_users": {"prometheus": hashed},
-            }
-        )
+    web = write_web_config(
+        tmp_path, {"tls_server_config": pki.server_tls(), "basic_auth_users": USERS}
     )
     config = write_config({"api": {"url": fake_api.url}, "groups": ["engineering"]})
     process = exporter_process("--config.file", str(config), "--web.config.file", str(web))
