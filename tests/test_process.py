@@ -66,14 +66,23 @@ def test_stop_signal_right_after_the_startup_line_still_exits_0(
     assert process.proc.wait(timeout=2) == 0
 
 
-def test_sighup_reloads_a_good_config(
+@pytest.fixture
+def polling(
     fake_api: FakeWindsurf,
     write_config: Callable[..., Path],
     exporter_process: Callable[..., Process],
-) -> None:
+) -> tuple[Process, Path]:
+    """The real process, its first poll of the engineering group done, and its config file."""
     config = write_config(config_for(fake_api, ["engineering"]))
     process = exporter_process("--config.file", str(config))
     wait_for(lambda: has_group(process.url, "engineering"), what="first poll")
+    return process, config
+
+
+def test_sighup_reloads_a_good_config(
+    fake_api: FakeWindsurf, write_config: Callable[..., Path], polling: tuple[Process, Path]
+) -> None:
+    process, _ = polling
     write_config(config_for(fake_api, ["engineering", "research"]))
     process.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: has_group(process.url, "research"), what="the new group")
@@ -81,14 +90,8 @@ def test_sighup_reloads_a_good_config(
     assert process.proc.poll() is None
 
 
-def test_sighup_with_a_bad_config_keeps_the_running_one(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    exporter_process: Callable[..., Process],
-) -> None:
-    config = write_config(config_for(fake_api, ["engineering"]))
-    process = exporter_process("--config.file", str(config))
-    wait_for(lambda: has_group(process.url, "engineering"), what="first poll")
+def test_sighup_with_a_bad_config_keeps_the_running_one(polling: tuple[Process, Path]) -> None:
+    process, config = polling
     config.write_text("poll:\n  interval: often\ngroups: [engineering, research]\n")
     process.proc.send_signal(signal.SIGHUP)
     wait_for(
