@@ -4,6 +4,7 @@ reasons a call can fail, each with a message that is safe to log."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -21,9 +22,14 @@ from exporter import __version__
 from exporter.config import ApiConfig, Window
 from exporter.model import MalformedResponse, Page, decode_page
 
+log = logging.getLogger("exporter.api")
+
 PATH = "/api/v1/UserPageAnalytics"
 MAX_RETRY_AFTER = 86400.0
 _BACKOFF_CAP = 60.0
+# A connect that takes longer is worth abandoning and retrying; the rest of the deadline is for
+# the reply, which may be many megabytes.
+_CONNECT_TIMEOUT = 5.0
 # Long tokens and UUIDs in upstream text may be keys (service or user); never repeat them.
 _TOKENISH = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -154,6 +160,14 @@ class Client:
                 delay = self._retry_delay(err, attempt, deadline)
                 if delay is None:
                     raise
+                log.debug(
+                    "retrying",
+                    extra={
+                        "group": group or "(whole team)",
+                        "reason": err.reason.value,
+                        "wait": f"{delay:.3f}s",
+                    },
+                )
                 if clocks.wait(delay):
                     raise Stopped from None
                 attempt += 1
@@ -180,7 +194,10 @@ class Client:
             raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s")
         try:
             with self._http.stream(
-                "POST", self._url, json=body, timeout=httpx.Timeout(remaining)
+                "POST",
+                self._url,
+                json=body,
+                timeout=httpx.Timeout(remaining, connect=min(remaining, _CONNECT_TIMEOUT)),
             ) as response:
                 content = self._read(response, deadline)
         except httpx.DecodingError:
@@ -219,7 +236,9 @@ class Client:
         if status >= 300:
             raise self._status_error(response, upstream)
         if document is _NOT_JSON:
-            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            kind = self._clean(
+                response.headers.get("content-type", "no content type").split(";")[0]
+            )
             raise ApiError(Reason.INVALID_RESPONSE, f"reply is not valid JSON ({kind})")
         try:
             page = decode_page(document)

@@ -11,6 +11,7 @@ import calendar
 import gzip
 import json
 import random
+import sys
 import threading
 import time
 import unicodedata
@@ -259,7 +260,7 @@ class FakeWindsurf:
         self._faults: dict[str, Fault] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer((host, port), _FakeHandler)
+        self._server = _Server((host, port), _FakeHandler)
         self._server.daemon_threads = True
         self._server.fake = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
@@ -271,7 +272,7 @@ class FakeWindsurf:
 
     def start(self) -> FakeWindsurf:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-windsurf", daemon=True
+            target=self._server.serve_forever, args=(0.1,), name="fake-windsurf", daemon=True
         )
         self._thread.start()
         return self
@@ -344,6 +345,15 @@ class FakeWindsurf:
         if rows:
             document["userTableStats"] = rows
         return 200, document
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 drops connects when many groups poll at once
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (e.g. refusing a too-large reply) is normal here, not news."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 def _phrase(status: int) -> str:

@@ -13,7 +13,7 @@ import yaml
 
 from exporter.cli import Exporter
 from exporter.demo import DAY, DEMO_GROUPS, DEMO_SERVICE_KEY, FakeWindsurf, Member, synthetic_team
-from tests.conftest import launch_exporter, wait_for
+from tests.conftest import launch, wait_for
 from tests.monitoring import (
     Prometheus,
     alert_expr,
@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     fakes: list[FakeWindsurf] = []
     prometheus: Prometheus | None = None
     try:
-        demo = launch_exporter("--demo")
+        demo = launch("--demo").exporter
         exporters.append(demo)
         assert demo.fake is not None
         aggregate_fake = FakeWindsurf(
@@ -75,7 +75,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 }
             )
         )
-        aggregates = launch_exporter("--config.file", str(config))
+        aggregates = launch("--config.file", str(config)).exporter
         exporters.append(aggregates)
         targets = [e.server.url.removeprefix("http://") for e in exporters if e.server]
         prometheus = start_prometheus(tmp / "prometheus", targets)
