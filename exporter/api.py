@@ -3,11 +3,13 @@ reasons a call can fail, each with a message that is safe to log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -192,6 +194,7 @@ class Client:
         remaining = deadline - self._clocks.monotonic()
         if remaining <= 0:
             raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s")
+        watchdog: _Watchdog | None = None
         try:
             with self._http.stream(
                 "POST",
@@ -199,12 +202,18 @@ class Client:
                 json=body,
                 timeout=httpx.Timeout(remaining, connect=min(remaining, _CONNECT_TIMEOUT)),
             ) as response:
-                content = self._read(response, deadline)
+                watchdog = _Watchdog(response, deadline - self._clocks.monotonic())
+                with watchdog:
+                    content = self._read(response, deadline)
         except httpx.DecodingError:
             raise ApiError(Reason.INVALID_RESPONSE, "reply body cannot be decompressed") from None
         except httpx.TimeoutException:
             raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s") from None
         except httpx.TransportError as err:
+            if watchdog is not None and watchdog.fired:
+                raise ApiError(
+                    Reason.TIMEOUT, f"reply not complete within {self._api.timeout:g}s"
+                ) from None
             raise ApiError(
                 Reason.CONNECTION, f"cannot reach {self._api.url}: {self._clean(str(err))}"
             ) from None
@@ -272,6 +281,32 @@ class Client:
         text = _TOKENISH.sub("<redacted>", text)
         text = " ".join(text.split())
         return text[:200] + ("..." if len(text) > 200 else "")
+
+
+class _Watchdog:
+    """Cuts a reply off at the deadline: read timeouts bound each read, not a body that
+    drips in just under them, so a timer shuts the socket down instead."""
+
+    def __init__(self, response: httpx.Response, seconds: float) -> None:
+        stream = response.extensions.get("network_stream")
+        self._socket = stream.get_extra_info("socket") if stream is not None else None
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+        self.fired = False
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self._socket is not None:
+            with contextlib.suppress(OSError):  # already closed
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Watchdog:
+        if self._socket is not None:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 _NOT_JSON = object()

@@ -226,6 +226,7 @@ class Fault:
     error: str | None = None  # a 200 (or `status`) reply whose JSON carries `error`
     delay: float = 0.0  # hang this long before answering
     drop: bool = False  # close the connection without a reply
+    drip: float = 0.0  # send the body a few bytes at a time, this many seconds apart
     times: int | None = None
 
 
@@ -406,7 +407,7 @@ class _FakeHandler(BaseHTTPRequestHandler):
             payload = json.dumps({"error": _phrase(fault.status)}).encode()
         else:
             payload = json.dumps(fake.respond(body)[1]).encode()
-        self._reply(fault.status, payload, fault.content_type, fault.headers)
+        self._reply(fault.status, payload, fault.content_type, fault.headers, fault.drip)
 
     def _reply(
         self,
@@ -414,8 +415,11 @@ class _FakeHandler(BaseHTTPRequestHandler):
         payload: bytes,
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
+        drip: float = 0.0,
     ) -> None:
-        compress = "gzip" in self.headers.get("Accept-Encoding", "") and len(payload) > 1024
+        compress = (
+            not drip and "gzip" in self.headers.get("Accept-Encoding", "") and len(payload) > 1024
+        )
         if compress:
             payload = gzip.compress(payload, compresslevel=1)
         try:
@@ -427,6 +431,12 @@ class _FakeHandler(BaseHTTPRequestHandler):
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(payload)
+            if not drip:
+                self.wfile.write(payload)
+            for start in range(0, len(payload) if drip else 0, 16):
+                self.wfile.write(payload[start : start + 16])
+                self.wfile.flush()
+                if self.server.fake._stopping.wait(drip):  # type: ignore[attr-defined]
+                    return
         except (BrokenPipeError, ConnectionResetError):
             pass

@@ -65,6 +65,13 @@ ROWS = [
     ),
     Row("dropped", Fault(drop=True), "connection", 1 + RETRIES, "cannot reach"),
     Row("hang", Fault(delay=10.0), "timeout", 1, "no answer within 1s"),
+    Row(
+        "drip",
+        Fault(body=b'{"userTableStats": []' + b" " * 2000 + b"}", drip=0.8),
+        "timeout",
+        1,
+        "reply not complete within 1s",
+    ),
     Row("unauthorized", Fault(401), "auth", 1, "service key was refused"),
     Row("forbidden", Fault(403), "auth", 1, "service key was refused"),
     Row("not_found", Fault(404, error="group not found"), "not_found", 1, "group not found"),
@@ -321,8 +328,10 @@ def test_no_fault_leaves_a_traceback(scenario: Scenario) -> None:
     assert [r.getMessage() for r in scenario.log.records if r.exc_info] == []
 
 
-def test_hang_is_cut_at_the_timeout(scenario: Scenario) -> None:
-    duration = scenario.after[series("windsurf_exporter_last_poll_duration_seconds", "hang")]
+@pytest.mark.parametrize("group", ["hang", "drip"])
+def test_hang_is_cut_at_the_timeout(scenario: Scenario, group: str) -> None:
+    # A body dripping in under the read timeout is cut at the deadline too.
+    duration = scenario.after[series("windsurf_exporter_last_poll_duration_seconds", group)]
     assert 0.9 <= duration <= 1.5
 
 
