@@ -3,10 +3,13 @@ reasons a call can fail, each with a message that is safe to log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +24,14 @@ from exporter import __version__
 from exporter.config import ApiConfig, Window
 from exporter.model import MalformedResponse, Page, decode_page
 
+log = logging.getLogger("exporter.api")
+
 PATH = "/api/v1/UserPageAnalytics"
 MAX_RETRY_AFTER = 86400.0
 _BACKOFF_CAP = 60.0
+# A connect that takes longer is worth abandoning and retrying; the rest of the deadline is for
+# the reply, which may be many megabytes.
+_CONNECT_TIMEOUT = 5.0
 # Long tokens and UUIDs in upstream text may be keys (service or user); never repeat them.
 _TOKENISH = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -154,6 +162,14 @@ class Client:
                 delay = self._retry_delay(err, attempt, deadline)
                 if delay is None:
                     raise
+                log.debug(
+                    "retrying",
+                    extra={
+                        "group": group or "(whole team)",
+                        "reason": err.reason.value,
+                        "wait": f"{delay:.3f}s",
+                    },
+                )
                 if clocks.wait(delay):
                     raise Stopped from None
                 attempt += 1
@@ -178,16 +194,26 @@ class Client:
         remaining = deadline - self._clocks.monotonic()
         if remaining <= 0:
             raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s")
+        watchdog: _Watchdog | None = None
         try:
             with self._http.stream(
-                "POST", self._url, json=body, timeout=httpx.Timeout(remaining)
+                "POST",
+                self._url,
+                json=body,
+                timeout=httpx.Timeout(remaining, connect=min(remaining, _CONNECT_TIMEOUT)),
             ) as response:
-                content = self._read(response, deadline)
+                watchdog = _Watchdog(response, deadline - self._clocks.monotonic())
+                with watchdog:
+                    content = self._read(response, deadline)
         except httpx.DecodingError:
             raise ApiError(Reason.INVALID_RESPONSE, "reply body cannot be decompressed") from None
         except httpx.TimeoutException:
             raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s") from None
         except httpx.TransportError as err:
+            if watchdog is not None and watchdog.fired:
+                raise ApiError(
+                    Reason.TIMEOUT, f"reply not complete within {self._api.timeout:g}s"
+                ) from None
             raise ApiError(
                 Reason.CONNECTION, f"cannot reach {self._api.url}: {self._clean(str(err))}"
             ) from None
@@ -219,7 +245,9 @@ class Client:
         if status >= 300:
             raise self._status_error(response, upstream)
         if document is _NOT_JSON:
-            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            kind = self._clean(
+                response.headers.get("content-type", "no content type").split(";")[0]
+            )
             raise ApiError(Reason.INVALID_RESPONSE, f"reply is not valid JSON ({kind})")
         try:
             page = decode_page(document)
@@ -253,6 +281,32 @@ class Client:
         text = _TOKENISH.sub("<redacted>", text)
         text = " ".join(text.split())
         return text[:200] + ("..." if len(text) > 200 else "")
+
+
+class _Watchdog:
+    """Cuts a reply off at the deadline: read timeouts bound each read, not a body that
+    drips in just under them, so a timer shuts the socket down instead."""
+
+    def __init__(self, response: httpx.Response, seconds: float) -> None:
+        stream = response.extensions.get("network_stream")
+        self._socket = stream.get_extra_info("socket") if stream is not None else None
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+        self.fired = False
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self._socket is not None:
+            with contextlib.suppress(OSError):  # already closed
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Watchdog:
+        if self._socket is not None:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 _NOT_JSON = object()

@@ -17,6 +17,7 @@ from typing import IO, Any
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from exporter import __version__
+from exporter.api import Clocks
 from exporter.collector import Collector
 from exporter.config import Config, ConfigError, Secret, Window, load_config
 from exporter.demo import DEMO_GROUPS, DEMO_SERVICE_KEY, FakeWindsurf
@@ -186,7 +187,7 @@ class Exporter:
         registry = CollectorRegistry()
         for make in (ProcessCollector, PlatformCollector, GCCollector):
             make(registry=registry)
-        self.poller = Poller(self.config)
+        self.poller = Poller(self.config, clocks=Clocks(wall=clock))
         self.app = App(
             collector=Collector(registry),
             snapshot=lambda: self.poller.snapshot,
@@ -222,7 +223,9 @@ class Exporter:
     def start(self) -> None:
         host, port = parse_listen_address(self.args.listen_address)
         self.server = Server((host, port), self.app)
-        threading.Thread(target=self.server.serve_forever, name="web", daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, args=(0.1,), name="web", daemon=True
+        ).start()  # a short poll interval keeps shutdown quick
         for warning in self.config.warnings():
             log.warning(warning)
         log.info(
@@ -292,13 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"windsurf-exporter: {err}", file=sys.stderr)
         return EXIT_CONFIG
     holder["exporter"] = exporter
-    try:
-        exporter.start()
-    except OSError as err:
-        log.error("cannot listen on %s: %s", args.listen_address, err.strerror)
-        exporter.stop()
-        return EXIT_FAILURE
-
     stopping = threading.Event()
     reloading = threading.Event()
     wake = threading.Event()
@@ -311,9 +307,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         reloading.set()
         wake.set()
 
+    # Before start(): a signal that arrives right after the startup line must not kill us.
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
+    try:
+        exporter.start()
+    except OSError as err:
+        log.error("cannot listen on %s: %s", args.listen_address, err.strerror)
+        exporter.stop()
+        return EXIT_FAILURE
     while not stopping.is_set():
         wake.wait()
         wake.clear()

@@ -21,7 +21,7 @@ import platform
 import threading
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import AnyStr
 
@@ -184,25 +184,46 @@ def number(value: float) -> str:
     return repr(value)
 
 
-def user_labeler(config: Config) -> Callable[[UserStats], list[tuple[str, str]]]:
-    """The identity labels and extra info labels for the configured labels.user mode."""
+def user_hash(email: str, salt: str = "") -> str:
+    """`hash` mode's pseudonym: follows a user across polls, groups and restarts without
+    saying who it is (SHA-256 of the salt and the lower-cased email, in hex)."""
+    return hashlib.sha256((salt + email.lower()).encode()).hexdigest()
+
+
+def user_labels(
+    users: Sequence[UserStats], config: Config
+) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Each user's `user` label and extra info labels in the configured labels.user mode.
+
+    Only `email` mode shows emails and names. Names repeat, so in `name` mode a name shared
+    within the group, or an empty one, gets ` #` and 8 hex digits of the user's salted email
+    hash: distinct series that do not depend on the order of the rows.
+    """
     mode = config.labels.user
     salt = config.labels.hash_salt.reveal()
-    if mode == "hash":
-        return lambda u: [
-            ("user", hashlib.sha256((salt + u.email.lower()).encode()).hexdigest()),
-            ("role", u.role),
-            ("team_status", u.team_status),
+    if mode == "email":
+        return [
+            (
+                u.email,
+                [
+                    ("name", u.name),
+                    ("email", u.email),
+                    ("role", u.role),
+                    ("team_status", u.team_status),
+                ],
+            )
+            for u in users
         ]
-    if mode == "name":
-        return lambda u: [("user", u.name), ("role", u.role), ("team_status", u.team_status)]
-    return lambda u: [
-        ("user", u.email),
-        ("name", u.name),
-        ("email", u.email),
-        ("role", u.role),
-        ("team_status", u.team_status),
-    ]
+    values = [user_hash(u.email, salt) if mode == "hash" else u.name for u in users]
+    taken = Counter(values)
+    out = []
+    for user, value in zip(users, values, strict=True):
+        label = value
+        if taken[value] > 1 or not value:
+            suffix = hashlib.sha256((salt + user.email).encode()).hexdigest()[:8]
+            label = f"{value} #{suffix}".lstrip()
+        out.append((label, [("role", user.role), ("team_status", user.team_status)]))
+    return out
 
 
 class _Ages:
@@ -266,14 +287,8 @@ def _prepare(group: str, report: GroupReport, config: Config) -> _Prepared:
     )
 
     if config.per_user:
-        labeler = user_labeler(config)
-        taken: Counter[str] = Counter()
-        for user in report.users:
-            identity, *info = labeler(user)
-            taken[identity[1]] += 1
-            if taken[identity[1]] > 1:  # display names repeat; keep series distinct
-                identity = ("user", f"{identity[1]} #{taken[identity[1]]}")
-            who = [g, identity]
+        for user, (name, info) in zip(report.users, user_labels(report.users, config), strict=True):
+            who = [g, ("user", name)]
             for label, days in user.active_days.items():
                 add(USER_ACTIVE, [*who, ("window", label)], days)
             if user.prompt_credits is not None:
@@ -288,11 +303,19 @@ def _prepare(group: str, report: GroupReport, config: Config) -> _Prepared:
             add(USER_INFO, [*who, *info], 1)
             if user.idle_since is not None:
                 idle.append((f"{USER_IDLE.name}{labels(who)} ", user.idle_since))
-    chunks = {f: "".join([line + "\n" for line in ls]).encode() for f, ls in lines.items() if ls}
+    chunks = {f: _utf8("".join([line + "\n" for line in ls])) for f, ls in lines.items() if ls}
     return _Prepared(chunks, _Ages(ages), _Ages(idle), idle_since)
 
 
+def _utf8(text: str) -> bytes:
+    # JSON can carry lone surrogates; one bad name must not make every scrape fail.
+    return text.encode("utf-8", "replace")
+
+
 def _health(state: GroupState) -> dict[Family, str]:
+    """The group's health series; none before its first poll, since unknown is not down."""
+    if not state.polls:
+        return {}
     g = labels([("group", state.name)])
     out = {UP: f"{UP.name}{g} {int(state.up)}\n", POLLS: f"{POLLS.name}{g} {state.polls}\n"}
     if state.last_success is not None:
@@ -363,7 +386,7 @@ class Collector:
             for s, ok in zip(snapshot.groups, live, strict=True)
         ]
         static = self._static_part(snapshot, live, prepared, openmetrics)
-        dynamic = self._dynamic_part(snapshot, prepared, now, openmetrics).encode()
+        dynamic = _utf8(self._dynamic_part(snapshot, prepared, now, openmetrics))
         if not gzip:
             return b"".join([*static.pieces, dynamic])
         with self._lock:
@@ -405,7 +428,7 @@ class Collector:
         for family in _HEALTH:
             out.extend(_family(family.header(openmetrics), [h.get(family, "") for h in health]))
         out.append(BUILD.header(openmetrics) + self._build)
-        pieces = ["".join(out).encode()]
+        pieces = [_utf8("".join(out))]
         for family in (*_GROUP_DATA, *_USER_DATA):
             chunks = [p.chunks.get(family, b"") for p in prepared if p]
             pieces.extend(_family(family.header(openmetrics).encode(), chunks))

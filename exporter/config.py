@@ -89,7 +89,8 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Seconds -> the shortest Prometheus-style duration, so `720h` and `30d` label alike."""
+    """Seconds -> a Prometheus-style duration in days at most, so `720h` and `30d` both label
+    as `30d` and `7d` stays `7d` (not `1w` as Prometheus would print it)."""
     if seconds == 0:
         return "0s"
     millis = round(seconds * 1000)
@@ -168,6 +169,13 @@ class Config:
             found.append(
                 "poll.max_staleness: shorter than poll.interval, so data is dropped between polls"
             )
+        if self.labels.user == "hash" and not self.labels.hash_salt.reveal():
+            found.append(
+                "labels.user: hash without labels.hash_salt_file; anyone holding a list of"
+                " emails can recompute the hashes, so give a secret salt file"
+            )
+        if self.labels.user == "email" and self.labels.hash_salt_file:
+            found.append("labels.hash_salt_file: unused, labels.user is email")
         return found
 
     def redacted(self) -> dict[str, Any]:
@@ -375,7 +383,11 @@ def parse_config(
     salt = Secret("")
     if salt_file is not None:
         if isinstance(salt_file, str) and salt_file:
+            known = len(reader.problems)
             salt = reader.secret_file(salt_file, "labels.hash_salt_file")
+            if not salt.reveal() and len(reader.problems) == known:
+                # A secret that failed to mount must not silently turn into no salt at all.
+                reader.fail("labels.hash_salt_file", f"{salt_file!r} is empty")
         else:
             reader.fail("labels.hash_salt_file", "must be a file path")
             salt_file = None

@@ -11,6 +11,7 @@ import calendar
 import gzip
 import json
 import random
+import sys
 import threading
 import time
 import unicodedata
@@ -225,6 +226,7 @@ class Fault:
     error: str | None = None  # a 200 (or `status`) reply whose JSON carries `error`
     delay: float = 0.0  # hang this long before answering
     drop: bool = False  # close the connection without a reply
+    drip: float = 0.0  # send the body a few bytes at a time, this many seconds apart
     times: int | None = None
 
 
@@ -259,7 +261,7 @@ class FakeWindsurf:
         self._faults: dict[str, Fault] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer((host, port), _FakeHandler)
+        self._server = _Server((host, port), _FakeHandler)
         self._server.daemon_threads = True
         self._server.fake = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
@@ -271,7 +273,7 @@ class FakeWindsurf:
 
     def start(self) -> FakeWindsurf:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-windsurf", daemon=True
+            target=self._server.serve_forever, args=(0.1,), name="fake-windsurf", daemon=True
         )
         self._thread.start()
         return self
@@ -346,6 +348,15 @@ class FakeWindsurf:
         return 200, document
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 drops connects when many groups poll at once
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (e.g. refusing a too-large reply) is normal here, not news."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -396,7 +407,7 @@ class _FakeHandler(BaseHTTPRequestHandler):
             payload = json.dumps({"error": _phrase(fault.status)}).encode()
         else:
             payload = json.dumps(fake.respond(body)[1]).encode()
-        self._reply(fault.status, payload, fault.content_type, fault.headers)
+        self._reply(fault.status, payload, fault.content_type, fault.headers, fault.drip)
 
     def _reply(
         self,
@@ -404,8 +415,11 @@ class _FakeHandler(BaseHTTPRequestHandler):
         payload: bytes,
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
+        drip: float = 0.0,
     ) -> None:
-        compress = "gzip" in self.headers.get("Accept-Encoding", "") and len(payload) > 1024
+        compress = (
+            not drip and "gzip" in self.headers.get("Accept-Encoding", "") and len(payload) > 1024
+        )
         if compress:
             payload = gzip.compress(payload, compresslevel=1)
         try:
@@ -417,6 +431,12 @@ class _FakeHandler(BaseHTTPRequestHandler):
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(payload)
+            if not drip:
+                self.wfile.write(payload)
+            for start in range(0, len(payload) if drip else 0, 16):
+                self.wfile.write(payload[start : start + 16])
+                self.wfile.flush()
+                if self.server.fake._stopping.wait(drip):  # type: ignore[attr-defined]
+                    return
         except (BrokenPipeError, ConnectionResetError):
             pass

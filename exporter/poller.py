@@ -77,6 +77,7 @@ class Poller:
         self._running: set[str] = set()
         self._unpolled: set[str] = set()
         self._retired: list[Client] = []  # replaced by a reload; closed once no poll uses them
+        self._slots: threading.Semaphore
         self._apply(config)
 
     @property
@@ -197,15 +198,20 @@ class Poller:
                 for retired in self._retired:
                     retired.close()
                 self._retired.clear()
+            if self._stop.is_set():
+                return  # a shutdown cut the call short; that is no failure of the group
             if generation != self._generation or group not in self._due:
                 self._wake.set()
                 return  # the config changed under this poll; its result belongs to no one
             config = self._snapshot.config
             interval = config.poll.interval
-            next_in = interval + self._jitter(interval)
+            now = self._clocks.monotonic()
+            due = started + interval + self._jitter(interval)
             if failure is not None and failure.retry_after is not None:
-                next_in = max(next_in, failure.retry_after)
-            self._due[group] = started + next_in
+                # Counted from now, not from the poll's start: the wait began with the reply.
+                due = max(due, now + failure.retry_after)
+            self._due[group] = due
+            next_in = max(due - now, 0.0)
             index = config.groups.index(group)
             old = self._snapshot.groups[index]
             requests = old.requests
@@ -236,15 +242,24 @@ class Poller:
             if not self._unpolled:
                 self.ready.set()
             self._wake.set()
-        _log_outcome(old, state, failure, next_in)
+            expired = (
+                state.last_success is not None
+                and attempted_at - state.last_success > config.poll.max_staleness
+            )
+        _log_outcome(old, state, failure, next_in, expired)
 
 
 def _log_outcome(
-    old: GroupState, new: GroupState, failure: ApiError | None, next_in: float
+    old: GroupState, new: GroupState, failure: ApiError | None, next_in: float, expired: bool
 ) -> None:
     fields = {"group": new.name or "(whole team)"}
     if failure is not None:
-        kept = "keeping its last good data" if new.report is not None else "no data yet"
+        if new.report is None:
+            kept = "no data yet"
+        elif expired:
+            kept = "its data is older than poll.max_staleness and no longer exported"
+        else:
+            kept = "keeping its last good data"
         log.warning(
             "poll failed: %s; group down, %s, next attempt in %s",
             failure,

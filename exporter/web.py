@@ -8,10 +8,13 @@ import hashlib
 import html
 import json
 import logging
+import re
 import socket
 import ssl
+import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,8 +44,7 @@ _TLS_VERSIONS = {
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
-# Compared against when the user is unknown, so a wrong user name costs as much as a wrong password.
-_DUMMY_HASH = bcrypt.hashpw(b"unused", bcrypt.gensalt(rounds=4))
+_BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")  # the cost is characters 4-5
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def load_web_config(path: str | None) -> WebConfig:
     tls = _tls_context(raw.get("tls_server_config"), problems)
     users: dict[str, bytes] = {}
     for user, hashed in (raw.get("basic_auth_users") or {}).items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+        if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
             problems.append(f"basic_auth_users.{user}: must be a bcrypt hash")
         else:
             users[str(user)] = hashed.encode()
@@ -148,6 +150,10 @@ class _Authenticator:
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
         self._users = users
+        # Checked when the user is unknown, at the users' cost, so a wrong user name takes as
+        # long as a wrong password and does not reveal which names exist.
+        cost = max((int(h[4:6]) for h in users.values()), default=4)
+        self._dummy = bcrypt.hashpw(b"unused", bcrypt.gensalt(rounds=cost))
         self._good: set[str] = set()
         self._lock = threading.Lock()
 
@@ -160,7 +166,7 @@ class _Authenticator:
             user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             return False
-        hashed = self._users.get(user, _DUMMY_HASH)
+        hashed = self._users.get(user, self._dummy)
         token = hashlib.sha256(b"\0".join([user.encode(), password.encode(), hashed])).hexdigest()
         with self._lock:
             if token in self._good:
@@ -178,39 +184,57 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 drops connects under a burst of scrapes
 
     def __init__(self, address: tuple[str, int], app: App) -> None:
         self.app = app
         self.auth = _Authenticator(app.web.users)
-        self.active = 0
+        self.active = 0  # requests being answered; idle keep-alive connections do not count
         self.idle = threading.Condition()
+        self.stopping = False
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         super().__init__(address, _Handler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         tls = self.app.web.tls
-        if tls is not None:
-            request.settimeout(10)
-            try:
-                request = tls.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as err:
-                log.debug(
-                    "TLS handshake failed", extra={"client": client_address[0], "err": str(err)}
-                )
-                return
+        if tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(10)
+        try:
+            wrapped = tls.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as err:
+            log.debug("TLS handshake failed", extra={"client": client_address[0], "err": str(err)})
+            return
+        # The TLS socket owns the descriptor now; socketserver would close only the plain one.
+        with wrapped:
+            super().finish_request(wrapped, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request is one debug line, not a traceback on stderr."""
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            log.debug("connection ended", extra={"client": client_address[0], "err": str(err)})
+        else:
+            log.error("request failed", exc_info=True, extra={"client": client_address[0]})
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Counts a request in flight, so a shutdown can let it finish."""
         with self.idle:
             self.active += 1
         try:
-            super().finish_request(request, client_address)
+            yield
         finally:
             with self.idle:
                 self.active -= 1
                 self.idle.notify_all()
 
     def drain(self, timeout: float) -> None:
-        """Wait for in-flight requests to finish, up to `timeout` seconds."""
+        """Wait for in-flight requests to finish, up to `timeout` seconds; close keep-alives."""
         with self.idle:
+            self.stopping = True
             self.idle.wait_for(lambda: self.active == 0, timeout)
 
     @property
@@ -261,6 +285,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.server.stopping:
+            self.close_connection = True
+        if self.close_connection:
+            self.send_header("Connection", "close")
         for key, value in {**self.server.app.web.headers, **(headers or {})}.items():
             self.send_header(key, value)
         self.end_headers()
@@ -272,6 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
             return True  # says nothing about the data; lets container health checks work
         if self.server.auth.check(self.headers.get("Authorization")):
             return True
+        self.close_connection = True  # an unread request body must not pass for the next request
         self._send(
             HTTPStatus.UNAUTHORIZED,
             b"Unauthorized\n",
@@ -280,6 +309,17 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:
+        with self.server.busy():
+            self._get()
+
+    def do_POST(self) -> None:
+        with self.server.busy():
+            self._post()
+
+    do_HEAD = do_GET
+    do_PUT = do_POST
+
+    def _get(self) -> None:
         if not self._authorized():
             return
         app = self.server.app
@@ -302,14 +342,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.NOT_FOUND, b"Not found\n")
 
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:
+    def _post(self) -> None:
         if not self._authorized():
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(min(length, 65536))
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit() or int(length) > 65536:
+            self.close_connection = True
+            self._send(HTTPStatus.BAD_REQUEST, b"Bad Content-Length\n")
+            return
+        self.rfile.read(int(length))
         if self.path.split("?")[0] != "/-/reload":
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"Method not allowed\n")
             return
@@ -317,8 +358,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(
             HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR, (message + "\n").encode()
         )
-
-    do_PUT = do_POST
 
     def _metrics(self) -> None:
         app = self.server.app

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -58,17 +58,22 @@ def fake_api(team: list[Member]) -> Iterator[FakeWindsurf]:
         yield fake
 
 
+def write_config_in(directory: Path, raw: dict[str, Any], key: str = DEMO_SERVICE_KEY) -> Path:
+    """Write a config (a dict, as YAML) and a service key file into `directory`."""
+    key_file = directory / "service-key"
+    key_file.write_text(key + "\n")
+    raw = {**raw, "api": {"service_key_file": str(key_file), **raw.get("api", {})}}
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 @pytest.fixture
 def write_config(tmp_path: Path) -> Callable[..., Path]:
     """Write a config (a dict, as YAML) and a service key file; returns the config path."""
 
     def write(raw: dict[str, Any], key: str = DEMO_SERVICE_KEY) -> Path:
-        key_file = tmp_path / "service-key"
-        key_file.write_text(key + "\n")
-        raw = {**raw, "api": {"service_key_file": str(key_file), **raw.get("api", {})}}
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        return path
+        return write_config_in(tmp_path, raw, key)
 
     return write
 
@@ -91,26 +96,37 @@ class Running:
         return samples(response.text)
 
 
+def launch(
+    *flags: str,
+    clock: Callable[[], float] = time.time,
+    environ: dict[str, str] | None = None,
+    wait_ready: bool = True,
+) -> Running:
+    """Start the real exporter in-process on 127.0.0.1:0; the caller stops it."""
+    args: argparse.Namespace = build_parser().parse_args(
+        ["--web.listen-address", "127.0.0.1:0", *flags]
+    )
+    exporter = Exporter(args, clock=clock, environ=environ or {})
+    exporter.start()
+    running = Running(exporter)
+    if wait_ready:
+        try:
+            wait_for(exporter.poller.ready.is_set, what="first poll")
+        except BaseException:
+            exporter.stop()
+            raise
+    return running
+
+
 @pytest.fixture
 def start_exporter() -> Iterator[Callable[..., Running]]:
     """Run the real exporter in-process on 127.0.0.1:0; stopped when the test ends."""
     started: list[Exporter] = []
 
-    def start(
-        *flags: str,
-        clock: Callable[[], float] = time.time,
-        environ: dict[str, str] | None = None,
-        wait_ready: bool = True,
-    ) -> Running:
-        args: argparse.Namespace = build_parser().parse_args(
-            ["--web.listen-address", "127.0.0.1:0", *flags]
-        )
-        exporter = Exporter(args, clock=clock, environ=environ or {})
-        exporter.start()
-        started.append(exporter)
-        if wait_ready:
-            wait_for(exporter.poller.ready.is_set, what="first poll")
-        return Running(exporter)
+    def start(*flags: str, **options: Any) -> Running:
+        running = launch(*flags, **options)
+        started.append(running.exporter)
+        return running
 
     yield start
     for exporter in started:
@@ -127,14 +143,31 @@ class Process:
 _LISTEN = re.compile(r'listen"?[=:] ?"?(https?://[^ ",]+)')
 
 
+def _drain(stream: IO[str], lines: list[str]) -> None:
+    """Keep reading a process's output so a chatty process never blocks on a full pipe."""
+    try:
+        for line in stream:
+            lines.append(line)
+    except (OSError, ValueError):
+        pass  # closed by the fixture's teardown
+
+
 @pytest.fixture
 def exporter_process() -> Iterator[Callable[..., Process]]:
     """Run `python -m exporter` as a real process; its URL is read from its startup log line."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None) -> Process:
+    def start(
+        *flags: str, env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> Process:
+        """`command` replaces `python -m exporter`, e.g. with an installed console script."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--web.listen-address", "127.0.0.1:0", *flags],
+            [
+                *(command or [sys.executable, "-m", "exporter"]),
+                "--web.listen-address",
+                "127.0.0.1:0",
+                *flags,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -146,15 +179,8 @@ def exporter_process() -> Iterator[Callable[..., Process]]:
         )
         procs.append(proc)
         lines: list[str] = []
-        stream = proc.stdout
-        assert stream is not None
-
-        # Drain output continuously so the exporter never blocks on a full pipe.
-        def drain() -> None:
-            for line in stream:
-                lines.append(line)
-
-        threading.Thread(target=drain, daemon=True).start()
+        assert proc.stdout is not None
+        threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True).start()
 
         def listening() -> str | None:
             for line in list(lines):

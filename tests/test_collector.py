@@ -362,3 +362,19 @@ def test_promtool_check_metrics_is_clean_but_for_active_days() -> None:
     )
     remarks = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert remarks == ['windsurf_user_active_days use base unit "seconds" instead of "days"']
+
+
+def test_a_group_not_yet_polled_has_no_series_at_all() -> None:
+    snapshot = Snapshot(config=CONFIG, groups=(GroupState("engineering"),))
+    assert "engineering" not in render(snapshot)
+
+
+def test_a_lone_surrogate_in_a_name_does_not_break_the_exposition() -> None:
+    report = _report([{**ALICE, "name": "bad \ud800 name"}], [ALICE])
+    snapshot = Snapshot(
+        config=CONFIG,
+        groups=(GroupState("engineering", report, up=True, last_success=NOW, polls=1),),
+    )
+    text = render(snapshot)
+    assert 'name="bad ? name"' in text
+    assert "windsurf_user_info" in {f.name for f in parse_text(text)}
