@@ -280,7 +280,8 @@ class FakeWindsurf:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() would wait forever for a loop never started
+            self._server.shutdown()
         self._server.server_close()
 
     def __enter__(self) -> FakeWindsurf:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -189,3 +190,11 @@ def test_demo_mode_needs_no_key_and_shows_a_team(
     assert any('team_status="USER_TEAM_STATUS_PENDING"' in k for k in metrics)
     assert any(k.startswith("windsurf_user_disabled") and v == 1 for k, v in metrics.items())
     assert "apiKey" not in text
+
+
+def test_a_fake_api_never_started_stops_at_once() -> None:
+    fake = FakeWindsurf(team=[])
+    stopper = threading.Thread(target=fake.stop, daemon=True)
+    stopper.start()
+    stopper.join(timeout=5)
+    assert not stopper.is_alive()
