@@ -82,15 +82,25 @@ def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
     assert parse_listen_address(text) == expected
 
 
+@pytest.fixture
+def sales_config(fake_api: FakeWindsurf, write_config: Callable[..., Path]) -> Path:
+    """A config polling the fake API's sales group every second."""
+    return write_config(
+        {"api": {"url": fake_api.url}, "poll": {"interval": "1s"}, "groups": ["sales"]}
+    )
+
+
+@pytest.fixture
+def sales(sales_config: Path, start_exporter: Callable[..., Running]) -> Running:
+    return start_exporter("--config.file", str(sales_config))
+
+
 def test_telemetry_path_and_json_logs(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    exporter_process: Callable[..., Process],
+    sales_config: Path, exporter_process: Callable[..., Process]
 ) -> None:
-    config = {"api": {"url": fake_api.url}, "poll": {"interval": "1s"}, "groups": ["sales"]}
     proc = exporter_process(
         "--config.file",
-        str(write_config(config)),
+        str(sales_config),
         "--web.telemetry-path",
         "/probe",
         "--log.format",
@@ -105,12 +115,9 @@ def test_telemetry_path_and_json_logs(
 
 
 def test_startup_warns_about_short_intervals_and_logs_the_config_without_secrets(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    exporter_process: Callable[..., Process],
+    sales_config: Path, fake_api: FakeWindsurf, exporter_process: Callable[..., Process]
 ) -> None:
-    config = {"api": {"url": fake_api.url}, "poll": {"interval": "2s"}, "groups": ["sales"]}
-    proc = exporter_process("--config.file", str(write_config(config)))
+    proc = exporter_process("--config.file", str(sales_config))
     text = "".join(proc.lines)
     assert "level=warn" in text
     assert "may trip the API's rate limit" in text
@@ -119,12 +126,9 @@ def test_startup_warns_about_short_intervals_and_logs_the_config_without_secrets
 
 
 def test_landing_page_links_metrics_and_shows_no_secret(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    start_exporter: Callable[..., Running],
+    sales: Running, fake_api: FakeWindsurf
 ) -> None:
-    config = {"api": {"url": fake_api.url}, "poll": {"interval": "1s"}, "groups": ["sales"]}
-    running = start_exporter("--config.file", str(write_config(config)))
+    running = sales
     page = running.scrape("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -133,26 +137,16 @@ def test_landing_page_links_metrics_and_shows_no_secret(
     assert fake_api.service_key not in page.text
 
 
-def test_health_and_readiness(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    start_exporter: Callable[..., Running],
-) -> None:
-    config = {"api": {"url": fake_api.url}, "poll": {"interval": "1s"}, "groups": ["sales"]}
-    running = start_exporter("--config.file", str(write_config(config)))
+def test_health_and_readiness(sales: Running, fake_api: FakeWindsurf) -> None:
+    running = sales
     assert running.scrape("/-/healthy").status_code == 200
     assert running.scrape("/-/ready").status_code == 200
     assert running.scrape("/nope").status_code == 404
     assert running.scrape("/-/reload").status_code == 405
 
 
-def test_content_negotiation(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    start_exporter: Callable[..., Running],
-) -> None:
-    config = {"api": {"url": fake_api.url}, "poll": {"interval": "1s"}, "groups": ["sales"]}
-    running = start_exporter("--config.file", str(write_config(config)))
+def test_content_negotiation(sales: Running, fake_api: FakeWindsurf) -> None:
+    running = sales
     prometheus_accept = (
         "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
         "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"

