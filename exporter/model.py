@@ -50,16 +50,11 @@ def parse_time(value: Any) -> float | None:
 
 def parse_number(value: Any) -> float | None:
     """A JSON number or a numeric string -> float; None for anything else (bools included)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):  # OverflowError: a JSON integer beyond a double
         return None
     return number if math.isfinite(number) else None
 
