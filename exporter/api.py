@@ -131,7 +131,9 @@ class Client:
         self._http = httpx.Client(
             transport=transport,
             headers={"User-Agent": f"windsurf-exporter/{__version__}"},
-            limits=httpx.Limits(max_connections=max_connections),
+            # No keep-alive: every attempt opens its own connection, so the watchdog sees the
+            # socket being opened and can cut slow headers too, not only a slow body.
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0),
             follow_redirects=False,
         )
         self._url = api.url + PATH
@@ -194,26 +196,29 @@ class Client:
         remaining = deadline - self._clocks.monotonic()
         if remaining <= 0:
             raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s")
-        watchdog: _Watchdog | None = None
+        watchdog = _Watchdog(remaining)
+        answered = False
         try:
-            with self._http.stream(
-                "POST",
-                self._url,
-                json=body,
-                timeout=httpx.Timeout(remaining, connect=min(remaining, _CONNECT_TIMEOUT)),
-            ) as response:
-                watchdog = _Watchdog(response, deadline - self._clocks.monotonic())
-                with watchdog:
-                    content = self._read(response, deadline)
+            with (
+                watchdog,
+                self._http.stream(
+                    "POST",
+                    self._url,
+                    json=body,
+                    timeout=httpx.Timeout(remaining, connect=min(remaining, _CONNECT_TIMEOUT)),
+                    extensions={"trace": watchdog.trace},
+                ) as response,
+            ):
+                answered = True
+                content = self._read(response, deadline)
         except httpx.DecodingError:
             raise ApiError(Reason.INVALID_RESPONSE, "reply body cannot be decompressed") from None
         except httpx.TimeoutException:
             raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s") from None
         except httpx.TransportError as err:
-            if watchdog is not None and watchdog.fired:
-                raise ApiError(
-                    Reason.TIMEOUT, f"reply not complete within {self._api.timeout:g}s"
-                ) from None
+            if watchdog.fired:
+                what = "reply not complete" if answered else "no answer"
+                raise ApiError(Reason.TIMEOUT, f"{what} within {self._api.timeout:g}s") from None
             raise ApiError(
                 Reason.CONNECTION, f"cannot reach {self._api.url}: {self._clean(str(err))}"
             ) from None
@@ -284,25 +289,40 @@ class Client:
 
 
 class _Watchdog:
-    """Cuts a reply off at the deadline: read timeouts bound each read, not a body that
-    drips in just under them, so a timer shuts the socket down instead."""
+    """Cuts an attempt off at the deadline: read timeouts bound each read, not headers or a body
+    that drip in just under them, so a timer shuts the socket down instead. httpcore's trace
+    hands over the socket as soon as it is connected (and again once TLS wraps it)."""
 
-    def __init__(self, response: httpx.Response, seconds: float) -> None:
-        stream = response.extensions.get("network_stream")
-        self._socket = stream.get_extra_info("socket") if stream is not None else None
+    def __init__(self, seconds: float) -> None:
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
         self._timer = threading.Timer(max(seconds, 0.0), self._fire)
         self._timer.daemon = True
         self.fired = False
 
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        with self._lock:
+            self._socket = info["return_value"].get_extra_info("socket")
+            fired = self.fired
+        if fired:  # the deadline passed while connecting
+            self._shutdown()
+
     def _fire(self) -> None:
-        self.fired = True
-        if self._socket is not None:
+        with self._lock:
+            self.fired = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            sock = self._socket
+        if sock is not None:
             with contextlib.suppress(OSError):  # already closed
-                self._socket.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> _Watchdog:
-        if self._socket is not None:
-            self._timer.start()
+        self._timer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:

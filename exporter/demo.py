@@ -227,6 +227,7 @@ class Fault:
     delay: float = 0.0  # hang this long before answering
     drop: bool = False  # close the connection without a reply
     drip: float = 0.0  # send the body a few bytes at a time, this many seconds apart
+    drip_head: bool = False  # with drip, send the status line and headers that way too
     times: int | None = None
 
 
@@ -367,6 +368,7 @@ def _phrase(status: int) -> str:
 
 class _FakeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's, taken over to drip the head
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -408,7 +410,9 @@ class _FakeHandler(BaseHTTPRequestHandler):
             payload = json.dumps({"error": _phrase(fault.status)}).encode()
         else:
             payload = json.dumps(fake.respond(body)[1]).encode()
-        self._reply(fault.status, payload, fault.content_type, fault.headers, fault.drip)
+        self._reply(
+            fault.status, payload, fault.content_type, fault.headers, fault.drip, fault.drip_head
+        )
 
     def _reply(
         self,
@@ -417,6 +421,7 @@ class _FakeHandler(BaseHTTPRequestHandler):
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
         drip: float = 0.0,
+        drip_head: bool = False,
     ) -> None:
         compress = (
             not drip and "gzip" in self.headers.get("Accept-Encoding", "") and len(payload) > 1024
@@ -431,7 +436,12 @@ class _FakeHandler(BaseHTTPRequestHandler):
                 self.send_header("Content-Encoding", "gzip")
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
-            self.end_headers()
+            if drip_head:  # end_headers() without its write: the head drips with the body
+                self._headers_buffer.append(b"\r\n")
+                payload = b"".join(self._headers_buffer) + payload
+                self._headers_buffer = []
+            else:
+                self.end_headers()
             if not drip:
                 self.wfile.write(payload)
             for start in range(0, len(payload) if drip else 0, 16):

@@ -72,6 +72,13 @@ ROWS = [
         1,
         "reply not complete within 1s",
     ),
+    Row(
+        "drip_head",
+        Fault(body=b'{"userTableStats": []}', drip=0.8, drip_head=True),
+        "timeout",
+        1,
+        "no answer within 1s",
+    ),
     Row("unauthorized", Fault(401), "auth", 1, "service key was refused"),
     Row("forbidden", Fault(403), "auth", 1, "service key was refused"),
     Row("not_found", Fault(404, error="group not found"), "not_found", 1, "group not found"),
@@ -328,9 +335,9 @@ def test_no_fault_leaves_a_traceback(scenario: Scenario) -> None:
     assert [r.getMessage() for r in scenario.log.records if r.exc_info] == []
 
 
-@pytest.mark.parametrize("group", ["hang", "drip"])
+@pytest.mark.parametrize("group", ["hang", "drip", "drip_head"])
 def test_hang_is_cut_at_the_timeout(scenario: Scenario, group: str) -> None:
-    # A body dripping in under the read timeout is cut at the deadline too.
+    # Headers or a body dripping in under the read timeout are cut at the deadline too.
     duration = scenario.after[series("windsurf_exporter_last_poll_duration_seconds", group)]
     assert 0.9 <= duration <= 1.5
 
