@@ -245,25 +245,39 @@ class Server(ThreadingHTTPServer):
         return f"{scheme}://{host}:{port}"
 
 
+def _refused(params: list[str]) -> bool:
+    """Whether an Accept-style entry's parameters say q=0, however it is spelled (0, 0.000)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value) == 0
+            except ValueError:
+                return False
+    return False
+
+
 def _wants_openmetrics(accept: str) -> bool:
     for part in accept.split(","):
         kind, *params = (p.strip() for p in part.split(";"))
-        if kind != "application/openmetrics-text":
+        if kind != "application/openmetrics-text" or _refused(params):
             continue
         options = dict(p.partition("=")[::2] for p in params)
-        if options.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
-            continue
         if options.get("version", "1.0.0") in ("1.0.0", "0.0.1"):
             return True
     return False
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:
+    """gzip when named and not refused; `*` counts only when gzip is not named at all."""
+    anything = False
     for part in accept_encoding.split(","):
         coding, *params = (p.strip() for p in part.split(";"))
-        if coding.lower() in ("gzip", "*"):
-            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00") for p in params)
-    return False
+        if coding.lower() == "gzip":
+            return not _refused(params)
+        if coding == "*":
+            anything = not _refused(params)
+    return anything
 
 
 class _Handler(BaseHTTPRequestHandler):

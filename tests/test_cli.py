@@ -162,3 +162,19 @@ def test_content_negotiation(sales: Running, fake_api: FakeWindsurf) -> None:
     assert "windsurf_up" in packed.text  # httpx decompresses
     plain = running.scrape(**{"Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzip"),
+    [
+        ("gzip;q=0.000", False),
+        ("deflate, gzip; q=0.000", False),
+        ("*;q=0, gzip", True),
+        ("gzip;q=0, *", False),
+        ("*", True),
+        ("GZIP;q=0.5", True),
+    ],
+)
+def test_gzip_follows_every_spelling_of_q(sales: Running, accept_encoding: str, gzip: bool) -> None:
+    response = sales.scrape(**{"Accept-Encoding": accept_encoding})
+    assert (response.headers.get("content-encoding") == "gzip") is gzip
