@@ -359,6 +359,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self) -> None:
         if not self._authorized():
             return
+        if "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # a body we do not read must not pass for a request
         length = self.headers.get("Content-Length") or "0"
         if not length.isdigit() or int(length) > 65536:
             self.close_connection = True

@@ -456,3 +456,24 @@ def test_an_unknown_user_costs_as_much_bcrypt_work_as_a_wrong_password() -> None
     assert auth._dummy.startswith(b"$2b$06$"), "the stand-in hash has the users' cost"
     assert not auth.check(basic("nobody", PASSWORD))
     assert auth.check(basic("prometheus", PASSWORD))
+
+
+def test_a_chunked_body_is_not_read_as_a_second_request(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+) -> None:
+    config = write_config({"api": {"url": fake_api.url}, "groups": ["engineering"]})
+    running = start_exporter("--config.file", str(config))
+    address = running.exporter.server.server_address  # type: ignore[union-attr]
+    smuggled = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunk = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    with socket.create_connection(address[:2], timeout=5) as conn:
+        conn.sendall(
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk
+        )
+        answer = b""
+        while data := conn.recv(65536):  # the server closes the connection after its answer
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.endswith(b"\r\n\r\nconfig reloaded\n"), "one answer, then the end"
