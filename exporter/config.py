@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -332,7 +333,7 @@ def parse_config(
         {"url", "service_key_file", "timeout", "max_response_size", "retries", "retry_backoff"},
     )
     url = api_raw.get("url", DEFAULT_URL)
-    if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+    if not _is_http_url(url):
         reader.fail("api.url", f"{url!r} must be an http:// or https:// URL")
         url = DEFAULT_URL
     key_file = api_raw.get("service_key_file")
@@ -408,6 +409,15 @@ def parse_config(
         per_user=per_user,
         idle_thresholds=idle,
     )
+
+
+def _is_http_url(url: Any) -> bool:
+    if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        return False
+    try:
+        return urlsplit(url).port != 0  # ValueError: a port that is no number < 65536, a bad [v6]
+    except ValueError:
+        return False
 
 
 def _groups(reader: _Reader, value: Any) -> tuple[str, ...]:

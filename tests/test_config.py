@@ -121,6 +121,13 @@ def test_every_problem_is_reported_at_once_with_its_key_path() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "url", ["http://api:abc", "http://api:99999", "http://[zz]", "https://[::1"]
+)
+def test_a_url_http_cannot_parse_is_refused_at_startup_not_at_each_poll(url: str) -> None:
+    assert [p.split(":")[0] for p in problems({"api": {"url": url}})] == ["api.url"]
+
+
 def test_error_message_names_the_file_and_each_problem_on_its_own_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("poll:\n  interval: 5 minutes\n")
