@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ _DURATION_UNITS = {
     "ms": 0.001,
 }
 _DURATION_RE = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
+# Longer waits make threading raise OverflowError in the poller and the request watchdog.
+_DURATION_MAX = threading.TIMEOUT_MAX
 _SIZE_RE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?")
 _SIZE_UNITS = {
     None: 1,
@@ -86,6 +89,8 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if not text or pos != len(text):
         raise ValueError(f"{text!r} is not a duration; use a number and a unit: 30s, 5m, 1h, 7d")
+    if total > _DURATION_MAX:
+        raise ValueError(f"{text!r} is longer than a timer can wait ({_DURATION_MAX:.0f}s)")
     return total
 
 

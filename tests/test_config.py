@@ -50,6 +50,12 @@ def test_malformed_durations_are_refused(text: str) -> None:
         parse_duration(text)
 
 
+def test_durations_no_timer_can_wait_are_refused() -> None:
+    found = problems({"api": {"timeout": "1000y"}, "poll": {"interval": "9" * 30 + "d"}})
+    assert [p.split(":")[0] for p in found] == ["api.timeout", "poll.interval"]
+    assert all("is longer than a timer can wait" in p for p in found)
+
+
 def test_equal_windows_get_the_same_label() -> None:
     assert format_duration(parse_duration("720h")) == "30d"
     assert format_duration(parse_duration("90m")) == "1h30m"
