@@ -21,8 +21,10 @@ _FEATURE_FIELDS = (
     "lastCommandUsageTime",
 )
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:?\d\d)"
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:?\d\d)",
+    re.ASCII,
 )
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _APPROVED = "USER_TEAM_STATUS_APPROVED"
 
 
@@ -34,14 +36,19 @@ def parse_time(value: Any) -> float | None:
     if match is None:
         return None
     year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second <= 60):
+    if not (1 <= month <= 12 and hour < 24 and minute < 60 and second <= 60):
+        return None
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
     seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
     offset = match.group(8)
     if offset not in ("Z", "z"):
         sign = -1 if offset[0] == "-" else 1
         digits = offset[1:].replace(":", "")
-        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            return None
+        seconds -= sign * (hours * 3600 + minutes * 60)
     if seconds <= 0:
         return None
     fraction = match.group(7)
@@ -52,6 +59,8 @@ def parse_number(value: Any) -> float | None:
     """A JSON number or a numeric string -> float; None for anything else (bools included)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
+    if isinstance(value, str) and not _NUMBER.fullmatch(value.strip()):
+        return None  # float() would also take "1_000", "inf" spelled out, or non-ASCII digits
     try:
         number = float(value.strip() if isinstance(value, str) else value)
     except (ValueError, OverflowError):  # OverflowError: a JSON integer beyond a double
@@ -65,9 +74,13 @@ def parse_count(value: Any) -> float | None:
 
 
 def parse_bool(value: Any) -> bool:
+    """true, "true" (any case), or a non-zero number or numeric string; all else is false."""
     if isinstance(value, str):
-        return value.strip().lower() == "true"
-    return value is True
+        text = value.strip().lower()
+        return text == "true" or (parse_number(text) or 0) != 0
+    if isinstance(value, bool):
+        return value
+    return (parse_number(value) or 0) != 0
 
 
 def _text(value: Any) -> str:

@@ -245,27 +245,37 @@ class Server(ThreadingHTTPServer):
         return f"{scheme}://{host}:{port}"
 
 
-def _refused(params: list[str]) -> bool:
-    """Whether an Accept-style entry's parameters say q=0, however it is spelled (0, 0.000)."""
+def _quality(params: list[str]) -> float:
+    """An Accept-style entry's q value, however it is spelled (0, 0.000); 1 when absent."""
     for param in params:
         name, _, value = param.partition("=")
         if name.strip().lower() == "q":
             try:
-                return float(value) == 0
+                return float(value)
             except ValueError:
-                return False
-    return False
+                return 1.0
+    return 1.0
+
+
+def _refused(params: list[str]) -> bool:
+    return _quality(params) <= 0
 
 
 def _wants_openmetrics(accept: str) -> bool:
+    """OpenMetrics when the client prefers it to text/plain (Prometheus does), else text."""
+    openmetrics = text = 0.0
     for part in accept.split(","):
         kind, *params = (p.strip() for p in part.split(";"))
-        if kind != "application/openmetrics-text" or _refused(params):
-            continue
-        options = dict(p.partition("=")[::2] for p in params)
-        if options.get("version", "1.0.0") in ("1.0.0", "0.0.1"):
-            return True
-    return False
+        kind = kind.lower()
+        if kind == "application/openmetrics-text":
+            options = {
+                k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in params)
+            }
+            if options.get("version", "1.0.0") in ("1.0.0", "0.0.1"):
+                openmetrics = max(openmetrics, _quality(params))
+        elif kind in ("text/plain", "text/*", "*/*"):
+            text = max(text, _quality(params))
+    return openmetrics > 0 and openmetrics >= text
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:

@@ -178,3 +178,20 @@ def test_content_negotiation(sales: Running, fake_api: FakeWindsurf) -> None:
 def test_gzip_follows_every_spelling_of_q(sales: Running, accept_encoding: str, gzip: bool) -> None:
     response = sales.scrape(**{"Accept-Encoding": accept_encoding})
     assert (response.headers.get("content-encoding") == "gzip") is gzip
+
+
+@pytest.mark.parametrize(
+    ("accept", "openmetrics"),
+    [
+        ("application/openmetrics-text;version=1.0.0;q=0.1,text/plain;q=1", False),
+        ("text/plain;q=0.5,application/openmetrics-text", True),
+        ("Application/OpenMetrics-Text", True),
+        ("application/openmetrics-text;q=0", False),
+        ("*/*", False),
+        ("", False),
+    ],
+)
+def test_the_format_follows_the_clients_preference(accept: str, openmetrics: bool) -> None:
+    from exporter.web import _wants_openmetrics
+
+    assert _wants_openmetrics(accept) is openmetrics

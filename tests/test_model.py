@@ -217,3 +217,49 @@ def test_error_field_is_kept() -> None:
 def test_wrong_shapes_are_malformed(document: Any) -> None:
     with pytest.raises(MalformedResponse):
         decode_page(document)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-02-30T00:00:00Z",
+        "2023-02-29T00:00:00Z",
+        "2024-10-10T22:56:10+24:00",
+        "2024-10-10T22:56:10+05:60",
+        "٢٠٢٤-10-10T22:56:10Z",
+    ],
+)
+def test_impossible_dates_and_offsets_mean_never(text: str) -> None:
+    assert parse_time(text) is None
+
+
+def test_a_leap_day_is_a_date() -> None:
+    assert parse_time("2024-02-29T00:00:00Z") == calendar.timegm((2024, 2, 29, 0, 0, 0))
+
+
+@pytest.mark.parametrize("text", ["1_000", "١٢", "0x10", "1e", "."])
+def test_numeric_strings_must_look_like_json_numbers(text: str) -> None:
+    assert parse_number(text) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "disabled"),
+    [
+        (True, True),
+        ("true", True),
+        ("TRUE", True),
+        (1, True),
+        ("1", True),
+        (False, False),
+        ("false", False),
+        (0, False),
+        ("0", False),
+        (None, False),
+        ("yes please", False),
+    ],
+)
+def test_disabled_accepts_booleans_and_numbers(value: Any, disabled: bool) -> None:
+    (user,) = build_report(
+        [("30d", page([{"email": "d@example.com", "disableCodeium": value}]))]
+    ).users
+    assert user.disabled is disabled
