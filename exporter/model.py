@@ -163,8 +163,10 @@ def decode_page(document: Any) -> Page:
 def build_report(pages: Sequence[tuple[str, Page]]) -> GroupReport:
     """Merge one group's pages (one per window) into users keyed by email.
 
-    Rows without an email have no stable identity and are skipped; a repeated email keeps its
-    first row, so the exposition never holds duplicate series.
+    The first page says who is in the group (windsurf_group_users counts its rows); later
+    pages only add their window's activeDays, so a user who joined between the requests waits
+    for the next poll. Rows without an email have no stable identity and are skipped; a
+    repeated email keeps its first row, so the exposition never holds duplicate series.
     """
     users: dict[str, dict[str, Any]] = {}
     skipped = 0
@@ -175,6 +177,8 @@ def build_report(pages: Sequence[tuple[str, Page]]) -> GroupReport:
                 skipped += index == 0
                 continue
             if email not in users:
+                if index > 0:
+                    continue
                 users[email] = {"row": row, "active": {}}
             elif index == 0:
                 skipped += 1

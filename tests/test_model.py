@@ -263,3 +263,11 @@ def test_disabled_accepts_booleans_and_numbers(value: Any, disabled: bool) -> No
         [("30d", page([{"email": "d@example.com", "disableCodeium": value}]))]
     ).users
     assert user.disabled is disabled
+
+
+def test_the_first_window_says_who_is_in_the_group() -> None:
+    week = page([{**ALICE, "activeDays": 5}])
+    month = page([{**ALICE, "activeDays": 20}, {"email": "late@example.com", "activeDays": 1}])
+    report = build_report([("7d", week), ("30d", month)])
+    assert [u.email for u in report.users] == ["alice@example.com"]
+    assert report.rows == 1
