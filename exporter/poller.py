@@ -69,7 +69,6 @@ class Poller:
         self._jitter = jitter or (lambda interval: min(interval * 0.05, 10.0) * base.random())
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
-        self._config: Config | None = None
         self._client: Client | None = None
         self._generation = -1
         self._snapshot = Snapshot()
@@ -106,7 +105,6 @@ class Poller:
 
     def _apply(self, config: Config) -> None:
         with self._lock:
-            old, self._config = self._config, config
             self._generation += 1
             if self._client is not None:
                 self._retired.append(self._client)
@@ -114,7 +112,8 @@ class Poller:
             self._slots = threading.Semaphore(config.poll.concurrency)
             now = self._clocks.monotonic()
             previous = {g.name: g for g in self._snapshot.groups}
-            keep_due = old is not None and old.windows == config.windows
+            # Same windows: kept groups keep their schedule (before the first apply, none is due).
+            keep_due = self._snapshot.config.windows == config.windows
             self._due = {
                 g: self._due[g] if keep_due and g in self._due else now for g in config.groups
             }
