@@ -164,6 +164,15 @@ def demo_config(url: str, base: Config | None = None) -> Config:
     return replace(base, api=api)
 
 
+def _announce(message: str, config: Config, **fields: Any) -> None:
+    """Log a config coming into force: its warnings, then one line with it, secrets redacted."""
+    for warning in config.warnings():
+        log.warning(warning)
+    log.info(
+        message, extra={**fields, "config": json.dumps(config.redacted(), separators=(",", ":"))}
+    )
+
+
 class Exporter:
     """The running exporter: config, fake API (in demo mode), poller and web server."""
 
@@ -204,9 +213,7 @@ class Exporter:
         return self.config.redacted()
 
     def secrets(self) -> list[str]:
-        config = self.config if hasattr(self, "config") else None
-        if config is None:
-            return []
+        config = self.config
         return [
             s
             for s in (config.api.service_key.reveal(), config.labels.hash_salt.reveal())
@@ -226,17 +233,13 @@ class Exporter:
         threading.Thread(
             target=self.server.serve_forever, args=(0.1,), name="web", daemon=True
         ).start()  # a short poll interval keeps shutdown quick
-        for warning in self.config.warnings():
-            log.warning(warning)
-        log.info(
+        _announce(
             "starting windsurf-exporter",
-            extra={
-                "version": __version__,
-                "listen": self.server.url,
-                "telemetry_path": self.args.telemetry_path,
-                "demo": self.fake is not None,
-                "config": json.dumps(self.config.redacted(), separators=(",", ":")),
-            },
+            self.config,
+            version=__version__,
+            listen=self.server.url,
+            telemetry_path=self.args.telemetry_path,
+            demo=self.fake is not None,
         )
         self.poller.start()
 
@@ -253,13 +256,8 @@ class Exporter:
                 )
                 return False, f"reload failed, running config kept:\n{err}"
             self.config = config
-            for warning in config.warnings():
-                log.warning(warning)
             self.poller.reconfigure(config)
-            log.info(
-                "config reloaded",
-                extra={"config": json.dumps(config.redacted(), separators=(",", ":"))},
-            )
+            _announce("config reloaded", config)
             return True, "config reloaded"
 
     def stop(self) -> None:
@@ -288,10 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parse_listen_address(args.listen_address)
         exporter = Exporter(args)
-    except ConfigError as err:
-        print(f"windsurf-exporter: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ValueError as err:
+    except (ConfigError, ValueError) as err:
         print(f"windsurf-exporter: {err}", file=sys.stderr)
         return EXIT_CONFIG
     holder["exporter"] = exporter
