@@ -21,7 +21,7 @@ import platform
 import threading
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import AnyStr
 
@@ -37,7 +37,8 @@ from exporter.poller import GroupState, Snapshot
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-_OUTCOMES = ("success", *(r.value for r in Reason))
+_REASONS = tuple(r.value for r in Reason)
+_OUTCOMES = ("success", *_REASONS)
 _CACHED = " Cached from the last successful poll."
 
 
@@ -323,19 +324,21 @@ def _health(state: GroupState) -> dict[Family, str]:
         out[LAST_POLL] = f"{LAST_POLL.name}{g} {number(state.last_attempt)}\n"
     if state.last_duration is not None:
         out[POLL_DURATION] = f"{POLL_DURATION.name}{g} {state.last_duration:.6f}\n"
-    out[POLL_ERRORS] = "".join(
-        f"{POLL_ERRORS.name}{labels([('group', state.name), ('reason', r.value)])}"
-        f" {state.errors.get(r.value, 0)}\n"
-        for r in Reason
-    )
-    out[REQUESTS] = "".join(
-        f"{REQUESTS.name}{labels([('group', state.name), ('outcome', o)])}"
-        f" {state.requests.get(o, 0)}\n"
-        for o in _OUTCOMES
-    )
+    out[POLL_ERRORS] = _counter(POLL_ERRORS, state.name, "reason", _REASONS, state.errors)
+    out[REQUESTS] = _counter(REQUESTS, state.name, "outcome", _OUTCOMES, state.requests)
     if state.report is not None:
         out[SKIPPED] = f"{SKIPPED.name}{g} {state.report.skipped}\n"
     return out
+
+
+def _counter(
+    family: Family, group: str, label: str, keys: Sequence[str], counts: Mapping[str, int]
+) -> str:
+    """One series per key, zero included, so rate() sees a counter from its first poll."""
+    return "".join(
+        f"{family.name}{labels([('group', group), (label, key)])} {counts.get(key, 0)}\n"
+        for key in keys
+    )
 
 
 def is_live(state: GroupState, now: float, max_staleness: float) -> bool:
