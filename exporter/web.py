@@ -319,8 +319,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    @property
+    def _route(self) -> str:
+        """The request path without its query string."""
+        return self.path.split("?")[0]
+
     def _authorized(self) -> bool:
-        if self.path.split("?")[0] == "/-/healthy":
+        if self._route == "/-/healthy":
             return True  # says nothing about the data; lets container health checks work
         if self.server.auth.check(self.headers.get("Authorization")):
             return True
@@ -347,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         app = self.server.app
-        path = self.path.split("?")[0]
+        path = self._route
         if path == app.telemetry_path:
             self._metrics()
         elif path == "/":
@@ -377,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.BAD_REQUEST, b"Bad Content-Length\n")
             return
         self.rfile.read(int(length))
-        if self.path.split("?")[0] != "/-/reload":
+        if self._route != "/-/reload":
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"Method not allowed\n")
             return
         ok, message = self.server.app.reload()
