@@ -167,22 +167,17 @@ def test_a_retry_after_beyond_the_deadline_gives_up_and_reports_the_wait() -> No
     assert caught.value.retry_after == 120
 
 
-def test_connection_errors_are_retried_then_reported() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [(httpx.ConnectError, Reason.CONNECTION), (httpx.ReadTimeout, Reason.TIMEOUT)],
+)
+def test_transport_errors_map_to_reasons(error: type[httpx.TransportError], reason: Reason) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise error("no luck", request=request)
 
     with pytest.raises(ApiError) as caught:
-        client(refuse, retries=1).fetch("g", WINDOW)
-    assert caught.value.reason is Reason.CONNECTION
-
-
-def test_timeouts_are_reported_as_timeouts() -> None:
-    def hang(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
-
-    with pytest.raises(ApiError) as caught:
-        client(hang, retries=0).fetch("g", WINDOW)
-    assert caught.value.reason is Reason.TIMEOUT
+        client(fail, retries=1).fetch("g", WINDOW)
+    assert caught.value.reason is reason
 
 
 def test_large_replies_are_refused_by_declared_and_by_actual_size() -> None:
