@@ -22,7 +22,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from exporter.model import parse_time
+from exporter.sources.values import parse_time
 
 DEMO_SERVICE_KEY = "demo-service-key-not-secret"
 DEMO_GROUPS = ("engineering", "research", "design", "sales", "support")

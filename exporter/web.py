@@ -25,9 +25,10 @@ import bcrypt
 import yaml
 
 from exporter import __version__
-from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Collector
+from exporter.collector import Collector
 from exporter.config import ConfigError
-from exporter.poller import Snapshot
+from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from exporter.state import Snapshot
 
 log = logging.getLogger("exporter.web")
 
@@ -408,7 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
 def landing_page(app: App) -> str:
     """A page for people: links, per-group status and the config, with secrets redacted."""
     rows = []
-    for state in app.snapshot().groups:
+    for state in app.snapshot().states:
         rows.append(
             "<tr>"
             + "".join(
@@ -416,7 +417,7 @@ def landing_page(app: App) -> str:
                 for cell in (
                     state.name or "(whole team)",
                     "up" if state.up else "down",
-                    len(state.report.users) if state.report else "-",
+                    state.report.rows if state.report else "-",
                     state.last_error.value if state.last_error else "-",
                 )
             )
