@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from exporter.api import ApiError, Client, Clocks, Stopped
-from exporter.config import Config, format_duration
+from exporter.config import ApiConfig, Config, format_duration
 from exporter.sources import SOURCES, Source
 from exporter.state import Reason, Report, Snapshot, SourceState, is_live
 
@@ -19,17 +20,20 @@ log = logging.getLogger("exporter.poller")
 
 ClientFactory = Callable[[Config, Clocks], Client]
 Key = tuple[str, str]  # (source, target)
+# What a poll of a target asks: the API settings and what its source's requests depend on.
+Ask = tuple[ApiConfig, Hashable]
+ClientKey = tuple[ApiConfig, int]  # the API settings and poll.concurrency a client is made for
 _BY_NAME: Mapping[str, Source] = {s.name: s for s in SOURCES}
 
 
 @dataclass(frozen=True)
 class PollState:
     """What the poller knows: the published Snapshot, when each target is due (monotonic
-    time), and the generation of the config that polls started under must match."""
+    time), and what a poll of each target asks under the running config."""
 
     snapshot: Snapshot = field(default_factory=Snapshot)
     due: Mapping[Key, float] = field(default_factory=dict)
-    generation: int = -1
+    asks: Mapping[Key, Ask] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class PollResult:
     """One finished poll of one target: one value, whatever its outcome."""
 
     key: Key
-    generation: int
+    ask: Ask  # what it asked; it counts only while the config still asks the same
     started: float  # monotonic
     finished: float  # monotonic
     attempted_at: float  # wall time the poll started
@@ -54,16 +58,19 @@ class PollResult:
     jitter: float = 0.0  # added to the interval, so targets do not poll in lockstep forever
 
 
-def targets(config: Config) -> tuple[Key, ...]:
-    return tuple((s.name, t) for s in SOURCES for t in s.targets(config))
+def asks(config: Config) -> dict[Key, Ask]:
+    """What a poll of each target asks under `config`, in exposition order."""
+    return {
+        (s.name, t): (config.api, s.depends_on(config)) for s in SOURCES for t in s.targets(config)
+    }
 
 
 def next_state(old: PollState, result: PollResult | Reloaded, config: Config) -> PollState:
     """The state after a poll result or a reload to `config`; returns `old` itself when a
-    result belongs to no current poll (the config changed under it)."""
+    result no longer answers what the config asks (a reload changed it under the poll)."""
     if isinstance(result, Reloaded):
         return _reloaded(old, result.now, config)
-    if result.generation != old.generation or result.key not in old.due:
+    if old.asks.get(result.key) != result.ask:
         return old
     interval = config.poll.interval
     due = result.started + interval + result.jitter
@@ -80,17 +87,16 @@ def next_state(old: PollState, result: PollResult | Reloaded, config: Config) ->
 
 
 def _reloaded(old: PollState, now: float, config: Config) -> PollState:
-    """Kept targets keep their data; their schedule too while the windows stay the same (before
-    the first reload, none is due); new ones are due at once."""
+    """Kept targets keep their data; each keeps its schedule while its poll asks the same, and
+    is due at once when it asks something else (a new key, URL, timeout, windows) or is new."""
     previous = {s.key: s for s in old.snapshot.states}
-    keep_due = old.snapshot.config.windows == config.windows
-    keys = targets(config)
+    new = asks(config)
     return PollState(
         snapshot=Snapshot(
-            states=tuple(previous.get(k, SourceState(*k)) for k in keys), config=config
+            states=tuple(previous.get(k, SourceState(*k)) for k in new), config=config
         ),
-        due={k: old.due[k] if keep_due and k in old.due else now for k in keys},
-        generation=old.generation + 1,
+        due={k: old.due[k] if old.asks.get(k) == ask else now for k, ask in new.items()},
+        asks=new,
     )
 
 
@@ -189,11 +195,14 @@ class Poller:
         self._on_published = on_published
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
-        self._client: Client | None = None
         self._state = PollState()
-        self._running: set[Key] = set()
-        self._retired: list[Client] = []  # replaced by a reload; closed once no poll uses them
-        self._slots: threading.Semaphore
+        self._running: set[tuple[Key, Ask]] = set()
+        # One client per API settings: a reload that changes them retires the running one,
+        # closed as soon as the last poll using it ends.
+        self._clients: dict[ClientKey, Client] = {}
+        self._users: Counter[ClientKey] = Counter()
+        self._current: ClientKey | None = None
+        self._slots = threading.Semaphore(config.poll.concurrency)
         self._apply(config)
 
     @property
@@ -211,23 +220,36 @@ class Poller:
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         with self._lock:
-            for client in [*self._retired, self._client]:
-                if client is not None:
-                    client.close()
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
 
     def reconfigure(self, config: Config) -> None:
-        """Apply a new config: kept targets keep their data; new or changed ones poll at once."""
+        """Apply a new config: kept targets keep their data and, when their polls ask the
+        same, their schedule and polls in flight; new or changed ones poll at once."""
         self._apply(config)
         self._wake.set()
 
     def _apply(self, config: Config) -> None:
         with self._lock:
-            if self._client is not None:
-                self._retired.append(self._client)
-            self._client = self._client_factory(config, self._clocks)
-            self._slots = threading.Semaphore(config.poll.concurrency)
+            key = (config.api, config.poll.concurrency)
+            if key not in self._clients:
+                self._clients[key] = self._client_factory(config, self._clocks)
+            if self._current is not None and config.poll.concurrency != self._current[1]:
+                self._slots = threading.Semaphore(config.poll.concurrency)
+            retired, self._current = self._current, key
+            if retired is not None:
+                self._release(retired)
             now = self._clocks.monotonic()
             self._publish(next_state(self._state, Reloaded(now), config))
+
+    def _release(self, key: ClientKey) -> None:
+        """Close a client no longer current once no poll uses it."""
+        if key != self._current and not self._users[key]:
+            del self._users[key]
+            client = self._clients.pop(key, None)  # None: stop() closed them all
+            if client is not None:
+                client.close()
 
     def _publish(self, state: PollState) -> None:
         self._state = state
@@ -241,26 +263,41 @@ class Poller:
                 now = self._clocks.monotonic()
                 state = self._state
                 for key, due in state.due.items():
-                    if due <= now and key not in self._running:
-                        self._running.add(key)
-                        assert self._client is not None
-                        threading.Thread(
-                            target=self._poll,
-                            args=(key, state, self._client, self._slots),
-                            name=f"poll-{key[1] or 'team'}",
-                            daemon=True,
-                        ).start()
-                waiting = [d for k, d in state.due.items() if k not in self._running]
+                    if due <= now and (key, state.asks[key]) not in self._running:
+                        self._start(key, state)
+                running = {k for k, _ in self._running}
+                waiting = [d for k, d in state.due.items() if k not in running]
                 timeout = max(0.0, min(waiting) - now) if waiting else None
             self._wake.wait(timeout)
 
-    def _poll(self, key: Key, state: PollState, client: Client, slots: threading.Semaphore) -> None:
-        with slots:
-            if self._stop.is_set():
-                return
-            result = self._ask(key, state, client)
-        if result is not None:
-            self._commit(result)
+    def _start(self, key: Key, state: PollState) -> None:
+        """A poll of `key` in a thread of its own, with the current client (under the lock)."""
+        assert self._current is not None
+        client = self._current
+        self._running.add((key, state.asks[key]))
+        self._users[client] += 1
+        threading.Thread(
+            target=self._poll,
+            args=(key, state, client, self._clients[client], self._slots),
+            name=f"poll-{key[1] or 'team'}",
+            daemon=True,
+        ).start()
+
+    def _poll(
+        self,
+        key: Key,
+        state: PollState,
+        client_key: ClientKey,
+        client: Client,
+        slots: threading.Semaphore,
+    ) -> None:
+        result = None
+        try:
+            with slots:
+                if not self._stop.is_set():
+                    result = self._ask(key, state, client)
+        finally:
+            self._commit(key, state.asks[key], client_key, result)
 
     def _ask(self, key: Key, state: PollState, client: Client) -> PollResult | None:
         """One poll of a target, as one value; None when a shutdown cut it short."""
@@ -290,7 +327,7 @@ class Poller:
         interval = config.poll.interval
         return PollResult(
             key=key,
-            generation=state.generation,
+            ask=state.asks[key],
             started=started,
             finished=clocks.monotonic(),
             attempted_at=attempted_at,
@@ -300,22 +337,20 @@ class Poller:
             jitter=self._jitter(interval),
         )
 
-    def _commit(self, result: PollResult) -> None:
+    def _commit(self, key: Key, ask: Ask, client_key: ClientKey, result: PollResult | None) -> None:
         with self._lock:
-            self._running.discard(result.key)
-            if not self._running:
-                for retired in self._retired:
-                    retired.close()
-                self._retired.clear()
+            self._running.discard((key, ask))
+            self._users[client_key] -= 1
+            self._release(client_key)
             self._wake.set()
-            if self._stop.is_set():
+            if result is None or self._stop.is_set():
                 return  # a shutdown cut the call short; that is no failure of the target
             old = self._state
             new = next_state(old, result, old.snapshot.config)
             if new is old:
-                return  # the config changed under this poll; its result belongs to no one
+                return  # a reload changed what this poll asked; its result answers no one
             self._publish(new)
-        before = next(s for s in old.snapshot.states if s.key == result.key)
-        after = next(s for s in new.snapshot.states if s.key == result.key)
-        next_in = max(new.due[result.key] - result.finished, 0.0)
+        before = next(s for s in old.snapshot.states if s.key == key)
+        after = next(s for s in new.snapshot.states if s.key == key)
+        next_in = max(new.due[key] - result.finished, 0.0)
         self._on_published(Published(result, before, after, next_in, new.snapshot.config))

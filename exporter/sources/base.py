@@ -9,7 +9,7 @@ Adding a source is one module here with one object implementing `Source`, plus i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,6 +50,10 @@ class Source(Protocol):
 
     def targets(self, config: Config) -> tuple[str, ...]:
         """What is polled separately, each with its own schedule, health and last good data."""
+
+    def depends_on(self, config: Config) -> Hashable:
+        """The settings besides `api` that its requests depend on: a reload that changes them
+        polls at once and makes polls in flight worthless; one that does not leaves them be."""
 
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
         """The requests one poll of `target` makes at wall time `now`."""

@@ -19,7 +19,7 @@ import hashlib
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -336,6 +336,9 @@ class UserPage:
 
     def targets(self, config: Config) -> tuple[str, ...]:
         return config.groups
+
+    def depends_on(self, config: Config) -> Hashable:
+        return config.windows
 
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
         return tuple(
