@@ -13,6 +13,7 @@ scrape. The health of a group "eng" looks like:
 
 from __future__ import annotations
 
+import functools
 import platform
 import threading
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,8 @@ from exporter import __version__
 from exporter.config import Config
 from exporter.exposition import Family, StaticBody, family_lines, labels, number, utf8
 from exporter.sources import SOURCES, Rendered, Source
-from exporter.state import OUTCOMES, REASONS, Snapshot, SourceState, is_live
+from exporter.sources.base import Health, Live
+from exporter.state import OUTCOMES, REASONS, Report, Snapshot, SourceState, is_live
 
 _CACHED = " Cached from the last successful poll."
 
@@ -35,71 +37,99 @@ def _f(name: str, help_: str, type_: str = "gauge") -> Family:
     return Family(name, help_, type_)
 
 
-# Health: always exported, even for a target whose data has gone stale.
-UP = _f("windsurf_up", "1 if the last poll of the group's UserPageAnalytics succeeded, else 0.")
-LAST_SUCCESS = _f(
-    "windsurf_exporter_last_success_timestamp_seconds",
-    "Unix time of the group's last successful poll.",
-)
-LAST_POLL = _f(
-    "windsurf_exporter_last_poll_timestamp_seconds",
-    "Unix time the group's last poll started, successful or not.",
-)
-POLL_DURATION = _f(
-    "windsurf_exporter_last_poll_duration_seconds",
-    "Seconds the group's last poll took, retries included.",
-)
-POLLS = _f("windsurf_exporter_polls_total", "Polls of the group, successful or not.", "counter")
-POLL_ERRORS = _f(
-    "windsurf_exporter_poll_errors_total", "Failed polls of the group by reason.", "counter"
-)
-REQUESTS = _f(
-    "windsurf_exporter_api_requests_total",
-    "UserPageAnalytics requests by outcome, retries included.",
-    "counter",
-)
-SKIPPED = _f(
-    "windsurf_exporter_skipped_rows",
-    "Rows of the group's last reply left out: no email, or an email seen twice." + _CACHED,
-)
 BUILD = _f(
     "windsurf_exporter_build_info", "Version of windsurf-exporter; value is always 1.", "info"
 )
-_HEALTH = (UP, LAST_SUCCESS, LAST_POLL, POLL_DURATION, POLLS, POLL_ERRORS, REQUESTS, SKIPPED)
+POLL_REQUESTS = _f(
+    "windsurf_exporter_poll_requests",
+    "Requests one poll of every group, and of the team, makes under the running config;"
+    " retries not included.",
+)
 _BY_NAME: Mapping[str, Source] = {s.name: s for s in SOURCES}
 
 
-def _health(state: SourceState) -> dict[Family, str]:
-    """A target's health series; none before its first poll, since unknown is not down."""
+@functools.cache
+def health_families(health: Health) -> tuple[Family, ...]:
+    """A source's health families, always exported, even for a target whose data is stale:
+    up, last success, last poll, its duration, polls, errors by reason, requests by outcome,
+    skipped rows."""
+    x, p = health.subject, health.prefix
+    return (
+        _f(
+            f"windsurf_{p}up",
+            f"1 if the last poll of the {x}'s UserPageAnalytics succeeded, else 0.",
+        ),
+        _f(
+            f"windsurf_exporter_{p}last_success_timestamp_seconds",
+            f"Unix time of the {x}'s last successful poll.",
+        ),
+        _f(
+            f"windsurf_exporter_{p}last_poll_timestamp_seconds",
+            f"Unix time the {x}'s last poll started, successful or not.",
+        ),
+        _f(
+            f"windsurf_exporter_{p}last_poll_duration_seconds",
+            f"Seconds the {x}'s last poll took, retries included.",
+        ),
+        _f(f"windsurf_exporter_{p}polls_total", f"Polls of the {x}, successful or not.", "counter"),
+        _f(
+            f"windsurf_exporter_{p}poll_errors_total",
+            f"Failed polls of the {x} by reason.",
+            "counter",
+        ),
+        _f(
+            f"windsurf_exporter_{p}api_requests_total",
+            "UserPageAnalytics requests by outcome, retries included.",
+            "counter",
+        ),
+        _f(
+            f"windsurf_exporter_{p}skipped_rows",
+            f"Rows of the {x}'s last reply left out: no email, or an email seen twice." + _CACHED,
+        ),
+    )
+
+
+def _health(state: SourceState) -> list[str]:
+    """A target's health lines, one per health family (maybe empty); none before its first
+    poll, since unknown is not down."""
+    health = _BY_NAME[state.source].health
+    up, success, last, duration, polls, errors, requests, skipped = health_families(health)
     if not state.polls:
-        return {}
-    label = _BY_NAME[state.source].target_label
-    g = labels([(label, state.name)])
-    out = {UP: f"{UP.name}{g} {int(state.up)}\n", POLLS: f"{POLLS.name}{g} {state.polls}\n"}
-    if state.last_success is not None:
-        out[LAST_SUCCESS] = f"{LAST_SUCCESS.name}{g} {number(state.last_success)}\n"
-    if state.last_attempt is not None:
-        out[LAST_POLL] = f"{LAST_POLL.name}{g} {number(state.last_attempt)}\n"
-    if state.last_duration is not None:
-        out[POLL_DURATION] = f"{POLL_DURATION.name}{g} {state.last_duration:.6f}\n"
-    out[POLL_ERRORS] = _counter(POLL_ERRORS, (label, state.name), "reason", REASONS, state.errors)
-    out[REQUESTS] = _counter(REQUESTS, (label, state.name), "outcome", OUTCOMES, state.requests)
-    if state.report is not None:
-        out[SKIPPED] = f"{SKIPPED.name}{g} {state.report.skipped}\n"
-    return out
+        return []
+    target = [(health.label, state.name)] if health.label else []
+    g = labels(target) if target else ""
+
+    def line(family: Family, value: object) -> str:
+        return f"{family.name}{g} {value}\n"
+
+    return [
+        line(up, int(state.up)),
+        line(success, number(state.last_success)) if state.last_success is not None else "",
+        line(last, number(state.last_attempt)) if state.last_attempt is not None else "",
+        line(duration, f"{state.last_duration:.6f}") if state.last_duration is not None else "",
+        line(polls, state.polls),
+        _counter(errors, target, "reason", REASONS, state.errors),
+        _counter(requests, target, "outcome", OUTCOMES, state.requests),
+        line(skipped, state.report.skipped) if state.report is not None else "",
+    ]
 
 
 def _counter(
     family: Family,
-    target: tuple[str, str],
+    target: list[tuple[str, str]],
     label: str,
     keys: Sequence[str],
     counts: Mapping[str, int],
 ) -> str:
     """One series per key, zero included, so rate() sees a counter from its first poll."""
     return "".join(
-        f"{family.name}{labels([target, (label, key)])} {counts.get(key, 0)}\n" for key in keys
+        f"{family.name}{labels([*target, (label, key)])} {counts.get(key, 0)}\n" for key in keys
     )
+
+
+def poll_requests(config: Config) -> int:
+    """What one poll of every target costs in requests (retries aside)."""
+    return sum(len(s.plan(config, t, 0.0)) for s in SOURCES for t in s.targets(config))
 
 
 @dataclass
@@ -111,12 +141,30 @@ class _Static:
     body: StaticBody
 
 
+@dataclass(frozen=True)
+class _Cached:
+    """A source's lines and what they were rendered from: the config and the live reports."""
+
+    config: Config
+    reports: tuple[tuple[tuple[str, str], Report], ...]
+    rendered: Rendered
+
+    def holds(self, config: Config, reports: tuple[tuple[tuple[str, str], Report], ...]) -> bool:
+        return (
+            self.config is config
+            and len(self.reports) == len(reports)
+            and all(
+                a[0] == b[0] and a[1] is b[1] for a, b in zip(self.reports, reports, strict=True)
+            )
+        )
+
+
 class Collector:
     """Renders Snapshots; owns the per-poll caches so repeated scrapes cost only the ages."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._registry = registry
-        self._rendered: dict[tuple[str, str], tuple[object, Config, Rendered]] = {}
+        self._rendered: dict[str, _Cached] = {}
         self._static: dict[bool, _Static] = {}
         self._lock = threading.Lock()
         self._build = (
@@ -131,61 +179,69 @@ class Collector:
         """The whole exposition at time `now`, gzip-compressed when asked."""
         config = snapshot.config
         live = tuple(is_live(s, now, config.poll.max_staleness) for s in snapshot.states)
-        rendered = [
-            self._render_source(s, config) if ok else None
+        reports = tuple(
+            (s.key, s.report)
             for s, ok in zip(snapshot.states, live, strict=True)
-        ]
+            if ok and s.report is not None
+        )
+        rendered = [self._render_source(source, config, reports) for source in SOURCES]
         static = self._static_part(snapshot, live, rendered, openmetrics)
         dynamic = utf8(self._dynamic_part(rendered, now, openmetrics))
         return static.body.body(dynamic, gzip)
 
-    def _render_source(self, state: SourceState, config: Config) -> Rendered:
+    def _render_source(
+        self, source: Source, config: Config, reports: tuple[tuple[tuple[str, str], Report], ...]
+    ) -> Rendered:
         with self._lock:
-            cached = self._rendered.get(state.key)
-        if cached is not None and cached[0] is state.report and cached[1] is config:
-            return cached[2]
-        rendered = _BY_NAME[state.source].render(config, state.name, state.report)
+            cached = self._rendered.get(source.name)
+        if cached is not None and cached.holds(config, reports):
+            return cached.rendered
+        live: Live = dict(reports)
+        rendered = source.render(config, live)
         with self._lock:
-            self._rendered[state.key] = (state.report, config, rendered)
+            self._rendered[source.name] = _Cached(config, reports, rendered)
         return rendered
 
     def _static_part(
         self,
         snapshot: Snapshot,
         live: tuple[bool, ...],
-        rendered: list[Rendered | None],
+        rendered: list[Rendered],
         openmetrics: bool,
     ) -> _Static:
         with self._lock:
             cached = self._static.get(openmetrics)
             if cached is not None and cached.snapshot is snapshot and cached.live == live:
                 return cached
-            known = {s.key for s in snapshot.states}
-            for key in [k for k in self._rendered if k not in known]:
-                del self._rendered[key]
-        health = [_health(s) for s in snapshot.states]
+        health = {s.key: _health(s) for s in snapshot.states}
         out: list[str] = []
-        for family in _HEALTH:
-            out.extend(
-                family_lines(family.header(openmetrics), [h.get(family, "") for h in health])
-            )
-        out.append(BUILD.header(openmetrics) + self._build)
-        pieces = [utf8("".join(out))]
         for source in SOURCES:
+            mine = [h for k, h in health.items() if k[0] == source.name]
+            for index, family in enumerate(health_families(source.health)):
+                chunks = [h[index] for h in mine if h]
+                out.extend(family_lines(family.header(openmetrics), chunks))
+        out.append(BUILD.header(openmetrics) + self._build)
+        out.append(
+            f"{POLL_REQUESTS.header(openmetrics)}{POLL_REQUESTS.name} "
+            f"{poll_requests(snapshot.config)}\n"
+        )
+        pieces = [utf8("".join(out))]
+        for source, lines in zip(SOURCES, rendered, strict=True):
             for family in source.families:
-                chunks = [r.static.get(family, b"") for r in rendered if r]
-                pieces.extend(family_lines(family.header(openmetrics).encode(), chunks))
+                chunk = lines.static.get(family, b"")
+                pieces.extend(family_lines(family.header(openmetrics).encode(), [chunk]))
         static = _Static(snapshot=snapshot, live=live, body=StaticBody(pieces))
         with self._lock:
             self._static[openmetrics] = static
         return static
 
-    def _dynamic_part(self, rendered: list[Rendered | None], now: float, openmetrics: bool) -> str:
+    def _dynamic_part(self, rendered: list[Rendered], now: float, openmetrics: bool) -> str:
         out = []
-        for source in SOURCES:
+        for source, lines in zip(SOURCES, rendered, strict=True):
             for family in source.families:
-                chunks = [r.dynamic[family](now) for r in rendered if r and family in r.dynamic]
-                out.extend(family_lines(family.header(openmetrics), chunks))
+                if family in lines.dynamic:
+                    chunk = lines.dynamic[family](now)
+                    out.extend(family_lines(family.header(openmetrics), [chunk]))
         if self._registry is not None:
             if openmetrics:
                 extra = om_exposition.generate_latest(self._registry).decode()  # type: ignore[no-untyped-call]

@@ -160,6 +160,8 @@ class Config:
         Window("7d", 7 * 86400.0),
         Window("30d", 30 * 86400.0),
     )
+    # Poll the whole team too: exact team numbers, people in no configured group.
+    team: bool = True
 
     def warnings(self) -> list[str]:
         """Legal settings an operator should still hear about."""
@@ -206,6 +208,7 @@ class Config:
             "labels": {"user": self.labels.user, "hash_salt_file": self.labels.hash_salt_file},
             "per_user": self.per_user,
             "idle_thresholds": [w.label for w in self.idle_thresholds],
+            "team": self.team,
         }
 
 
@@ -310,6 +313,7 @@ _TOP_KEYS = {
     "api",
     "poll",
     "groups",
+    "team",
     "active_days_windows",
     "labels",
     "per_user",
@@ -402,6 +406,10 @@ def parse_config(
     if not isinstance(per_user, bool):
         reader.fail("per_user", f"{per_user!r} must be true or false")
         per_user = True
+    team = raw.get("team", True)
+    if not isinstance(team, bool):
+        reader.fail("team", f"{team!r} must be true or false")
+        team = True
 
     if reader.problems:
         raise ConfigError(source, reader.problems)
@@ -413,6 +421,7 @@ def parse_config(
         labels=LabelConfig(user=mode, hash_salt=salt, hash_salt_file=salt_file),
         per_user=per_user,
         idle_thresholds=idle,
+        team=team,
     )
 
 
@@ -435,6 +444,11 @@ def _groups(reader: _Reader, value: Any) -> tuple[str, ...]:
     for index, item in enumerate(value):
         if not isinstance(item, str):
             reader.fail(f"groups[{index}]", f"{item!r} must be a group name in quotes")
+        elif not item.strip():
+            reader.fail(
+                f"groups[{index}]",
+                f"{item!r} is no group name; leave groups out to poll the whole team",
+            )
         elif item in seen:
             reader.fail(f"groups[{index}]", f"{item!r} is listed twice")
         else:

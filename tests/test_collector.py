@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.collector import Collector
 from exporter.config import Config, Window
+from exporter.sources.team import TEAM
 from exporter.sources.user_page import USER_PAGE, build_report, decode_page
 from exporter.state import Reason, Snapshot, SourceState
 from tests import rows
@@ -55,6 +56,13 @@ PENDING = {
     "teamStatus": "USER_TEAM_STATUS_PENDING",
     "signupTime": "2024-10-10T00:00:00Z",
 }
+NIA = {
+    "name": "Nia",
+    "email": "nia@example.com",
+    "role": "member",
+    "signupTime": "2024-09-15T00:00:00Z",
+    "teamStatus": "USER_TEAM_STATUS_APPROVED",
+}
 CYCLE = {"billingCycleStart": "2024-10-01T00:00:00Z", "billingCycleEnd": "2024-11-01T00:00:00Z"}
 
 
@@ -76,15 +84,27 @@ def _counts(**values: int) -> MappingProxyType[str, int]:
 
 
 def fixed_snapshot(config: Config = CONFIG) -> Snapshot:
-    """Five groups covering every case: healthy, shared user, empty, failing, never polled."""
-    engineering = _report(
-        [{**ALICE, "activeDays": 5}, {**BOB, "activeDays": "3"}, ZOE, PENDING],
-        [{**ALICE, "activeDays": 21}, {**BOB, "activeDays": 19}, ZOE, PENDING],
-    )
+    """Five groups covering every case: healthy, shared user, empty, failing, never polled;
+    and the whole team, with Nia, who is in no group."""
+    week = [{**ALICE, "activeDays": 5}, {**BOB, "activeDays": "3"}, ZOE, PENDING]
+    month = [{**ALICE, "activeDays": 21}, {**BOB, "activeDays": 19}, ZOE, PENDING]
+    engineering = _report(week, month)
     research = _report([{**BOB, "activeDays": 3}], [{**BOB, "activeDays": 19}])
+    team = SourceState(
+        TEAM.name,
+        "",
+        _report([*week, NIA], [*month, NIA]),
+        up=True,
+        last_success=NOW - 120,
+        last_attempt=NOW - 120,
+        last_duration=0.5,
+        polls=2,
+        requests=_counts(success=4),
+    )
     return Snapshot(
         config=config,
         states=(
+            team,
             group_state(
                 "engineering",
                 engineering,

@@ -106,13 +106,27 @@ def test_the_request_carries_the_key_group_and_window(
 ) -> None:
     config = _config(fake_api, active_days_windows=["7d", "30d"])
     start_exporter("--config.file", str(write_config(config)))
+    group = [r.body for r in fake_api.requests_for("engineering")]
+    team = [r.body for r in fake_api.requests_for("")]
+    assert {b["service_key"] for b in group + team} == {fake_api.service_key}
+    assert {b["group_name"] for b in group} == {"engineering"}
+    # The team is asked once per window; a group once, for its members, in the first window.
+    assert {time_span(b) for b in team[:2]} == {7 * 86400, 30 * 86400}
+    assert not any("group_name" in b for b in team)
+    assert time_span(group[0]) == 7 * 86400
+    assert all(b["start_timestamp"].endswith("Z") for b in group + team)
+
+
+def test_without_the_team_poll_each_group_is_asked_once_per_window(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+) -> None:
+    config = _config(fake_api, active_days_windows=["7d", "30d"], team=False)
+    start_exporter("--config.file", str(write_config(config)))
     bodies = [r.body for r in fake_api.requests_for("engineering")]
-    assert len(bodies) >= 2
-    assert {b["service_key"] for b in bodies} == {fake_api.service_key}
-    assert {b["group_name"] for b in bodies} == {"engineering"}
-    spans = {time_span(b) for b in bodies[:2]}
-    assert spans == {7 * 86400, 30 * 86400}
-    assert all(b["start_timestamp"].endswith("Z") for b in bodies)
+    assert {time_span(b) for b in bodies[:2]} == {7 * 86400, 30 * 86400}
+    assert not fake_api.requests_for("")
 
 
 def time_span(body: dict[str, str]) -> float:
@@ -130,9 +144,25 @@ def test_whole_team_when_no_groups_are_configured(
 ) -> None:
     config = {"api": {"url": fake_api.url}, "poll": {"interval": "1s"}}
     metrics = start_exporter("--config.file", str(write_config(config))).metrics()
+    assert metrics["windsurf_team_up"] == 1
+    assert metrics["windsurf_team_users"] == len(team)
+    assert not any(k.startswith("windsurf_group_") for k in metrics)
+    # Everyone is in no configured group: group="".
+    assert sum(1 for k in metrics if k.startswith('windsurf_user_info{group="",')) == len(team)
+    assert "group_name" not in fake_api.requests[0].body
+
+
+def test_whole_team_as_the_group_named_empty_without_the_team_poll(
+    fake_api: FakeWindsurf,
+    team: list[Member],
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+) -> None:
+    config = {"api": {"url": fake_api.url}, "poll": {"interval": "1s"}, "team": False}
+    metrics = start_exporter("--config.file", str(write_config(config))).metrics()
     assert metrics['windsurf_up{group=""}'] == 1
     assert metrics['windsurf_group_users{group=""}'] == len(team)
-    assert "group_name" not in fake_api.requests[0].body
+    assert "windsurf_team_up" not in metrics
 
 
 def test_an_error_in_a_200_reply_marks_only_that_group_down(

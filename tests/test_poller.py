@@ -19,7 +19,9 @@ from tests import rows
 from tests.conftest import wait_for
 
 WEEK, MONTH = Window("7d", 7 * 86400.0), Window("30d", 30 * 86400.0)
-CONFIG = Config(groups=("eng", "ops"), windows=(MONTH,), poll=PollConfig(interval=900.0))
+CONFIG = Config(
+    groups=("eng", "ops"), windows=(MONTH,), poll=PollConfig(interval=900.0), team=False
+)
 ENG, OPS, NEW = (USER_PAGE.name, "eng"), (USER_PAGE.name, "ops"), (USER_PAGE.name, "new")
 REPORT = build_report([("30d", decode_page({"userTableStats": [rows.ALICE]}))])
 
@@ -201,6 +203,7 @@ def fake_config(fake: FakeWindsurf, **api: Any) -> Config:
         api=ApiConfig(url=fake.url, service_key=Secret(fake.service_key), retries=0, **api),
         groups=("engineering", "research"),
         poll=PollConfig(interval=3600.0),
+        team=False,
     )
 
 

@@ -1,6 +1,6 @@
-"""Label modes, `per_user: false` and the per-group aggregates, end to end: hand-written rows
-served by the fake API over loopback, scraped from the real exporter at a fixed clock, and
-compared with values worked out by hand below."""
+"""Label modes, `per_user: false`, the per-group and the team aggregates, end to end:
+hand-written rows served by the fake API over loopback, scraped from the real exporter at a
+fixed clock, and compared with values worked out by hand below."""
 
 from __future__ import annotations
 
@@ -88,6 +88,13 @@ def ops_rows(now: float) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def team_rows(now: float) -> list[dict[str, Any]]:
+    """The whole team: both groups' people once each, and Hal, who is in no group."""
+    hal = row(now, "hal@example.com", "Hal Moss", signup_days=20,
+              used_days={"lastChatUsageTime": 9}, active=(0, 3), credits="40")  # fmt: skip
+    return [*eng_rows(now), ops_rows(now)[1], hal]
+
+
 # Worked out by hand from the rows above, at the exporter's clock `now`:
 # active: activeDays > 0 in the window. billable: approved and not disabled (alice, carol,
 # erin, frank; not bob: disabled, not dan: pending). idle: billable and idle for longer than
@@ -122,6 +129,26 @@ EXPECTED = {
     },
 }
 GROUP_FAMILIES = {name for group in EXPECTED.values() for name, _ in group}
+# The team, each person once: alice, bob, carol, dan, erin, frank, gus, hal (and the row with
+# no email). billable: alice, carol, erin, frank, gus, hal. idle beyond 7d: carol 10d, erin 45d
+# since signup, hal 9d; beyond 30d: erin.
+EXPECTED_TEAM = {
+    "windsurf_team_up": 1,
+    "windsurf_team_users": 9,
+    "windsurf_exporter_team_skipped_rows": 1,
+    'windsurf_team_active_users{window="7d"}': 2,
+    'windsurf_team_active_users{window="30d"}': 5,
+    "windsurf_team_billable_users": 6,
+    "windsurf_team_prompt_credits_used": 1665,
+    'windsurf_team_idle_users{idle_for="7d"}': 3,
+    'windsurf_team_idle_users{idle_for="30d"}': 1,
+    f'windsurf_team_users_by_team_status{{team_status="{APPROVED}"}}': 7,
+    f'windsurf_team_users_by_team_status{{team_status="{PENDING}"}}': 1,
+    'windsurf_team_users_by_role{role="admin"}': 1,
+    'windsurf_team_users_by_role{role="member"}': 7,
+    # one poll: 2 windows for the team, 1 request per group
+    "windsurf_exporter_poll_requests": 4,
+}
 
 
 def aggregates(metrics: dict[str, float]) -> dict[str, dict[tuple[str, tuple[Any, ...]], float]]:
@@ -165,6 +192,7 @@ def upstream(now: float) -> Iterator[WindowedFake]:
     with WindowedFake(team=synthetic_team(4, groups=("eng", "ops"))) as fake:
         fake.overrides["eng"] = eng_rows(now)
         fake.overrides["ops"] = ops_rows(now)
+        fake.overrides[""] = team_rows(now)
         yield fake
 
 
@@ -196,7 +224,7 @@ def run(
 
 
 def emails_and_names(now: float) -> set[str]:
-    rows = eng_rows(now) + ops_rows(now)
+    rows = eng_rows(now) + ops_rows(now) + team_rows(now)
     return {r[k] for r in rows for k in ("email", "name") if k in r}
 
 
@@ -217,6 +245,61 @@ def test_group_aggregates_equal_hand_computed_values_in_every_mode(
     assert aggregates(metrics) == EXPECTED
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_team_aggregates_count_each_person_once_in_every_mode(
+    run: Callable[..., Running], mode: str
+) -> None:
+    metrics = run(**MODES[mode]).metrics()
+    team = {k: v for k, v in metrics.items() if k.split("{")[0] in TEAM_FAMILIES}
+    assert team == EXPECTED_TEAM
+
+
+TEAM_FAMILIES = {key.split("{")[0] for key in EXPECTED_TEAM}
+
+
+def test_a_poll_asks_the_team_once_per_window_and_each_group_once(
+    run: Callable[..., Running], upstream: WindowedFake
+) -> None:
+    run()
+    assert [len(upstream.requests_for(g)) for g in ("", "eng", "ops")] == [2, 1, 1]
+
+
+def test_a_person_in_no_group_has_seat_series_with_an_empty_group(
+    run: Callable[..., Running],
+) -> None:
+    metrics = run().metrics()
+    hal = {"group": "", "user": "hal@example.com"}
+    assert metrics[series("windsurf_user_idle_seconds", **hal)] == 9 * DAY
+    assert metrics[series("windsurf_user_active_days", **hal, window="30d")] == 3
+    info = series("windsurf_user_info", **hal, name="Hal Moss", email="hal@example.com",
+                  role="member", team_status=APPROVED, groups="")  # fmt: skip
+    assert metrics[info] == 1
+
+
+def test_every_seat_series_of_a_person_names_all_their_groups(
+    run: Callable[..., Running],
+) -> None:
+    metrics = run(labels={"user": "hash"}).metrics()
+    alice = hashlib.sha256(b"alice@example.com").hexdigest()
+    infos = {k for k in metrics if k.startswith("windsurf_user_info{") and alice in k}
+    assert infos == {
+        series("windsurf_user_info", group=g, user=alice, role="admin", team_status=APPROVED,
+               groups="eng,ops")
+        for g in ("eng", "ops")
+    }  # fmt: skip
+
+
+def test_without_the_team_poll_team_families_are_absent_and_groups_ask_per_window(
+    run: Callable[..., Running], upstream: WindowedFake
+) -> None:
+    metrics = run(team=False).metrics()
+    assert aggregates(metrics) == EXPECTED
+    assert not [k for k in metrics if k.startswith(("windsurf_team_", "windsurf_exporter_team_"))]
+    assert not any('group=""' in k for k in metrics)
+    assert metrics["windsurf_exporter_poll_requests"] == 4
+    assert [len(upstream.requests_for(g)) for g in ("", "eng", "ops")] == [0, 2, 2]
+
+
 def test_email_mode_labels_users_by_email_and_names_them_in_info(
     run: Callable[..., Running],
 ) -> None:
@@ -224,7 +307,8 @@ def test_email_mode_labels_users_by_email_and_names_them_in_info(
     assert metrics[series("windsurf_user_prompt_credits_used", group="eng",
                           user="alice@example.com")] == 1200  # fmt: skip
     info = series("windsurf_user_info", group="eng", user="erin@example.com", name="Alice Smith",
-                  email="erin@example.com", role="member", team_status=APPROVED)  # fmt: skip
+                  email="erin@example.com", role="member", team_status=APPROVED,
+                  groups="eng")  # fmt: skip
     assert metrics[info] == 1
 
 
@@ -238,13 +322,13 @@ def test_name_mode_labels_users_by_name_and_tells_namesakes_apart_stably(
         return "Alice Smith #" + hashlib.sha256((SALT + email).encode()).hexdigest()[:8]
 
     users = {k.split('user="')[1].split('"')[0] for k in metrics if 'user="' in k}
-    assert {u for u in users if "Alice" in u} == {
-        tag("alice@example.com"),  # eng: two Alice Smiths, each tagged by their own email
-        tag("erin@example.com"),
-        "Alice Smith",  # ops has only one
-    }
+    # Two Alice Smiths in the team, each tagged by their own email, with one label for a
+    # person in every group (alice is in eng and ops).
+    assert {u for u in users if "Alice" in u} == {tag("alice@example.com"), tag("erin@example.com")}
+    alice = series("windsurf_user_idle_seconds", group="ops", user=tag("alice@example.com"))
+    assert alice in metrics
     assert series("windsurf_user_info", group="eng", user="Carol White", role="member",
-                  team_status=APPROVED) in metrics  # fmt: skip
+                  team_status=APPROVED, groups="eng") in metrics  # fmt: skip
     assert "@" not in response.text
 
 
@@ -271,7 +355,7 @@ def test_hash_mode_pseudonym_is_salted_sha256_of_the_email_and_same_across_group
     for group in ("eng", "ops"):  # ops lists her as Alice@Example.com
         assert metrics[series("windsurf_user_prompt_credits_used", group=group, user=alice)] == 1200
         assert metrics[series("windsurf_user_info", group=group, user=alice, role="admin",
-                              team_status=APPROVED)] == 1  # fmt: skip
+                              team_status=APPROVED, groups="eng,ops")] == 1  # fmt: skip
     unsalted = hashlib.sha256(b"alice@example.com").hexdigest()
     assert not any(unsalted in key for key in metrics)
 
@@ -298,6 +382,7 @@ def test_user_who_leaves_the_team_disappears_at_the_next_poll(
     before = running.metrics()
     assert series("windsurf_user_disabled", group="eng", user="carol@example.com") in before
     upstream.overrides["eng"] = [r for r in eng_rows(now) if r.get("email") != "carol@example.com"]
+    upstream.overrides[""] = [r for r in team_rows(now) if r.get("email") != "carol@example.com"]
 
     after = wait_for(
         lambda: (m := running.metrics()) and not any("carol@example.com" in k for k in m) and m,

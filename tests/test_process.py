@@ -21,7 +21,14 @@ FAST = {"poll": {"interval": "1s"}}
 
 
 def config_for(fake: FakeWindsurf, groups: list[str], **extra: Any) -> dict[str, Any]:
-    return {"api": {"url": fake.url, "timeout": "5s"}, **FAST, "groups": groups, **extra}
+    # team: false: these tests follow each group's own polls and rows.
+    return {
+        "api": {"url": fake.url, "timeout": "5s"},
+        **FAST,
+        "groups": groups,
+        "team": False,
+        **extra,
+    }
 
 
 def has_group(url: str, group: str) -> bool:

@@ -87,6 +87,10 @@ def check_agrees(snapshot: Snapshot, values: dict[Series, float]) -> None:
     def value(metric: str, /, **labels: str) -> float:
         return values[(metric, frozenset(labels.items()))]
 
+    member_of: dict[str, list[str]] = {}
+    for state in snapshot.states:
+        for user in state.report.users:
+            member_of.setdefault(user.email, []).append(state.name)
     rng = random.Random(5)
     for state in snapshot.states:
         assert state.report is not None
@@ -117,7 +121,9 @@ def check_agrees(snapshot: Snapshot, values: dict[Series, float]) -> None:
             )
             assert value("windsurf_user_disabled", **who) == user.disabled
             info = {"name": user.name, "email": user.email, "role": user.role}
-            assert value("windsurf_user_info", **who, **info, team_status=user.team_status) == 1
+            groups = ",".join(sorted(member_of[user.email]))
+            info_series = {**who, **info, "team_status": user.team_status, "groups": groups}
+            assert value("windsurf_user_info", **info_series) == 1
 
 
 def test_the_whole_text_exposition_parses_and_agrees_with_the_snapshot(

@@ -1,7 +1,7 @@
 """The interface every source implements, after node_exporter's collectors: a name, what it
 asks, how it reads the answers, and what it exports. A source does no I/O: the poller sends
 its requests through api.py and keeps what `report` returns in the Snapshot; the collector
-renders it with `render` at each new poll result.
+renders the live reports with `render` whenever one of them changes.
 
 Adding a source is one module here with one object implementing `Source`, plus its line in
 `SOURCES` (exporter/sources/__init__.py).
@@ -38,13 +38,26 @@ class Rendered:
     dynamic: Mapping[Family, Callable[[float], str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Health:
+    """How a source's health series are named: `windsurf_{prefix}up`,
+    `windsurf_exporter_{prefix}polls_total`, ..., labelled `{label}="<target>"` (no label when
+    empty); `subject` ("group", "team") words their HELP."""
+
+    prefix: str
+    label: str
+    subject: str
+
+
+Live = Mapping[tuple[str, str], Report]  # (source, target) -> report, for every live target
+
+
 class Source(Protocol):
-    """One upstream endpoint."""
+    """One upstream endpoint (or one way of asking it)."""
 
     # Names the source in logs and in the Snapshot's states.
     name: str
-    # The label that names a target in the health series (`group` for per-group sources).
-    target_label: str
+    health: Health
     # Every family it may export, in exposition order.
     families: tuple[Family, ...]
 
@@ -64,5 +77,6 @@ class Source(Protocol):
     def report(self, config: Config, target: str, replies: Sequence[tuple[Request, Any]]) -> Report:
         """A poll's parsed replies, in plan order -> the report kept as the target's data."""
 
-    def render(self, config: Config, target: str, report: Any) -> Rendered:
-        """A report -> its lines; called once per new report, never per scrape."""
+    def render(self, config: Config, live: Live) -> Rendered:
+        """The live reports (of every source, so a source may join another's) -> its lines;
+        called once per change of the live reports, never per scrape."""

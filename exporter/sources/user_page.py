@@ -19,13 +19,13 @@ import hashlib
 import sys
 import time
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.config import Config
+from exporter.config import Config, Window
 from exporter.exposition import Ages, Family, labels, number, utf8
-from exporter.sources.base import Rendered, Request
+from exporter.sources.base import Health, Live, Rendered, Request
 from exporter.sources.values import parse_bool, parse_count, parse_time, text
 from exporter.state import MalformedResponse
 
@@ -95,9 +95,12 @@ class Totals:
 
 def totals(users: Sequence[UserStats], windows: Sequence[str]) -> Totals:
     return Totals(
+        # A window's count only when every user has its activeDays: a person missing from that
+        # window's reply (the team changed between two requests) makes the count unknown.
         active=tuple(
-            (window, sum(1 for u in users if u.active_days.get(window, 0) > 0))
+            (window, sum(1 for u in users if u.active_days[window] > 0))
             for window in windows
+            if all(window in u.active_days for u in users)
         ),
         billable=sum(1 for u in users if u.billable),
         prompt_credits=sum(u.prompt_credits or 0 for u in users),
@@ -310,10 +313,16 @@ GROUP_IDLE = _f(
 
 
 class UserPage:
-    """The UserPageAnalytics source: one target per configured group ("" = the whole team)."""
+    """The UserPageAnalytics source, one target per configured group.
+
+    Without the team poll (`team: false`) each group is asked once per window, and with no
+    groups configured the whole team is the one group "". With it, each group is asked once,
+    for the first window, for its members and their rows; the other windows' activeDays come
+    from the team's replies, joined by email.
+    """
 
     name: str = "user_page"
-    target_label: str = "group"
+    health: Health = Health(prefix="", label="group", subject="group")
     families: tuple[Family, ...] = (
         GROUP_USERS,
         BILLING_START,
@@ -335,16 +344,13 @@ class UserPage:
     )
 
     def targets(self, config: Config) -> tuple[str, ...]:
-        return config.groups
+        return tuple(g for g in config.groups if g) if config.team else config.groups
 
     def depends_on(self, config: Config) -> Hashable:
-        return config.windows
+        return (config.windows, config.team)
 
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
-        return tuple(
-            Request(METHOD, request_body(target, now - w.seconds, now), target, w)
-            for w in config.windows
-        )
+        return plan(config.windows[:1] if config.team else config.windows, target, now)
 
     def parse(self, request: Request, document: Any) -> Page:
         return decode_page(document)
@@ -352,42 +358,52 @@ class UserPage:
     def report(
         self, config: Config, target: str, replies: Sequence[tuple[Request, Any]]
     ) -> GroupReport:
-        return build_report([(r.window.label if r.window else "", page) for r, page in replies])
+        return report(replies)
 
-    def render(self, config: Config, target: str, report: GroupReport) -> Rendered:
-        return render_group(target, report, config)
+    def render(self, config: Config, live: Live) -> Rendered:
+        groups = [(k[1], r) for k, r in live.items() if k[0] == self.name]
+        team = live.get(TEAM_KEY)
+        return render_groups(
+            [(g, r) for g, r in groups if isinstance(r, GroupReport)],
+            team if isinstance(team, GroupReport) else None,
+            config,
+        )
 
 
 USER_PAGE = UserPage()
+TEAM_KEY = ("team", "")  # the team source's one target, whose replies the groups join
 
 
-def render_group(group: str, report: GroupReport, config: Config) -> Rendered:
-    """A group's report -> its lines, the per-user ones only with `per_user`."""
-    g = ("group", group)
+def plan(windows: Sequence[Window], group: str, now: float) -> tuple[Request, ...]:
+    """One request per window for `group` ("" = the whole team)."""
+    return tuple(
+        Request(METHOD, request_body(group, now - w.seconds, now), group, w) for w in windows
+    )
+
+
+def report(replies: Sequence[tuple[Request, Any]]) -> GroupReport:
+    return build_report([(r.window.label if r.window else "", page) for r, page in replies])
+
+
+def render_groups(
+    groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None, config: Config
+) -> Rendered:
+    """The groups' aggregates and, with `per_user`, one set of series per (group, person);
+    a person of the team in no live group gets group="". Per-user values come from the team's
+    rows when the team is live (every window), else from each group's own rows."""
     lines: dict[Family, list[str]] = {}
 
     def add(family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
         lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}")
 
-    add(GROUP_USERS, [g], report.rows)
-    if report.billing_start is not None:
-        add(BILLING_START, [g], report.billing_start)
-    if report.billing_end is not None:
-        add(BILLING_END, [g], report.billing_end)
-    agg = report.totals
-    for window, active in agg.active:
-        add(GROUP_ACTIVE, [g, ("window", window)], active)
-    add(GROUP_BILLABLE, [g], agg.billable)
-    add(GROUP_CREDITS, [g], agg.prompt_credits)
-    for status, count in agg.by_team_status:
-        add(GROUP_STATUS, [g, ("team_status", status)], count)
-    for role, count in agg.by_role:
-        add(GROUP_ROLE, [g, ("role", role)], count)
+    by_email = {u.email.lower(): u for u in team.users} if team else {}
+    for group, report in groups:
+        _group_lines(add, group, report, _joined_active(report, by_email, config))
     ages: list[tuple[str, float]] = []
     idle: list[tuple[str, float]] = []
     if config.per_user:
-        for user, (name, info) in zip(report.users, user_labels(report.users, config), strict=True):
-            who = [g, ("user", name)]
+        for g, user, name, info in _seats(groups, team, config):
+            who = [("group", g), ("user", name)]
             for label, days in user.active_days.items():
                 add(USER_ACTIVE, [*who, ("window", label)], days)
             if user.prompt_credits is not None:
@@ -403,19 +419,95 @@ def render_group(group: str, report: GroupReport, config: Config) -> Rendered:
             if user.idle_since is not None:
                 idle.append((f"{USER_IDLE.name}{labels(who)} ", user.idle_since))
     static = {f: utf8("".join([line + "\n" for line in ls])) for f, ls in lines.items()}
+    counts = idle_counts(GROUP_IDLE, [(("group", g), r.totals) for g, r in groups], config)
+    dynamic = {USER_AGE: Ages(ages).render, USER_IDLE: Ages(idle).render, GROUP_IDLE: counts}
+    return Rendered(static=static, dynamic=dynamic)
 
-    def idle_counts(now: float) -> str:
+
+Add = Callable[[Family, Sequence[tuple[str, str]], float], None]
+
+
+def _group_lines(
+    add: Add, group: str, report: GroupReport, active: Sequence[tuple[str, int]]
+) -> None:
+    g = ("group", group)
+    add(GROUP_USERS, [g], report.rows)
+    if report.billing_start is not None:
+        add(BILLING_START, [g], report.billing_start)
+    if report.billing_end is not None:
+        add(BILLING_END, [g], report.billing_end)
+    for window, count in active:
+        add(GROUP_ACTIVE, [g, ("window", window)], count)
+    agg = report.totals
+    add(GROUP_BILLABLE, [g], agg.billable)
+    add(GROUP_CREDITS, [g], agg.prompt_credits)
+    for status, count in agg.by_team_status:
+        add(GROUP_STATUS, [g, ("team_status", status)], count)
+    for role, count in agg.by_role:
+        add(GROUP_ROLE, [g, ("role", role)], count)
+
+
+def _joined_active(
+    report: GroupReport, team: Mapping[str, UserStats], config: Config
+) -> list[tuple[str, int]]:
+    """Active members per window: from the group's own replies, and for the windows only the
+    team was asked about, from the members' team rows; absent when a member is missing there."""
+    own = dict(report.totals.active)
+    out = []
+    for window in (w.label for w in config.windows):
+        if window in own:
+            out.append((window, own[window]))
+            continue
+        if not team:
+            continue
+        rows = [team.get(u.email.lower()) for u in report.users]
+        days = [r.active_days.get(window) if r else None for r in rows]
+        if None not in days:
+            out.append((window, sum(1 for d in days if d)))
+    return out
+
+
+def _seats(
+    groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None, config: Config
+) -> list[tuple[str, UserStats, str, list[tuple[str, str]]]]:
+    """(group, person, user label, info labels) for every seat series: each person once per
+    live group they are in, or once with group="" when they are in none (team live only).
+    People are matched by email, whatever its case."""
+    member_of: dict[str, list[str]] = {}
+    rows: list[tuple[str, UserStats]] = []
+    for group, report in groups:
+        for user in report.users:
+            member_of.setdefault(user.email.lower(), []).append(group)
+            if team is None:
+                rows.append((group, user))
+    if team is not None:
+        known = {u.email.lower() for u in team.users}
+        for user in team.users:
+            rows.extend((g, user) for g in member_of.get(user.email.lower()) or [""])
+        # Upstream changed between the requests: a member the team reply does not know yet.
+        rows.extend((g, u) for g, r in groups for u in r.users if u.email.lower() not in known)
+    people = {u.email.lower(): u for _, u in reversed(rows)}
+    named = dict(zip(people, user_labels(list(people.values()), config), strict=True))
+    out = []
+    for group, user in rows:
+        name, info = named[user.email.lower()]
+        in_groups = ",".join(sorted(g for g in member_of.get(user.email.lower(), ()) if g))
+        out.append((group, user, name, [*info, ("groups", in_groups)]))
+    return out
+
+
+def idle_counts(
+    family: Family, totals: Sequence[tuple[tuple[str, str] | None, Totals]], config: Config
+) -> Callable[[float], str]:
+    """`family`'s lines at scrape time: billable users idle beyond each idle_thresholds entry,
+    per labelled set of totals (None: no label)."""
+
+    def render(now: float) -> str:
         return "".join(
-            f"{GROUP_IDLE.name}{labels([g, ('idle_for', t.label)])} "
-            f"{bisect.bisect_left(report.totals.idle_since, now - t.seconds)}\n"
+            f"{family.name}{labels([*([label] if label else []), ('idle_for', t.label)])} "
+            f"{bisect.bisect_left(agg.idle_since, now - t.seconds)}\n"
+            for label, agg in totals
             for t in config.idle_thresholds
         )
 
-    return Rendered(
-        static=static,
-        dynamic={
-            USER_AGE: Ages(ages).render,
-            USER_IDLE: Ages(idle).render,
-            GROUP_IDLE: idle_counts,
-        },
-    )
+    return render

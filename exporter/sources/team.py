@@ -1,0 +1,126 @@
+"""The whole team, from UserPageAnalytics without a group_name: one request per activeDays
+window. Its people are counted once each, whatever their groups, people in no configured group
+included: the numbers a team pays by. The groups (sources/user_page.py) join its rows by email.
+
+    windsurf_team_up 1
+    windsurf_team_users 300
+    windsurf_team_billable_users 274
+    windsurf_team_active_users{window="30d"} 231
+    windsurf_team_idle_users{idle_for="30d"} 21
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from exporter.config import Config
+from exporter.exposition import Family, labels, number, utf8
+from exporter.sources.base import Health, Live, Rendered, Request
+from exporter.sources.user_page import (
+    TEAM_KEY,
+    GroupReport,
+    Page,
+    decode_page,
+    idle_counts,
+    plan,
+    report,
+)
+
+_CACHED = " Cached from the last successful poll."
+
+
+def _f(name: str, help_: str) -> Family:
+    return Family(name, help_ + _CACHED)
+
+
+TEAM_USERS = _f("windsurf_team_users", "People (rows) UserPageAnalytics returned for the team.")
+TEAM_BILLING_START = _f(
+    "windsurf_team_billing_cycle_start_timestamp_seconds",
+    "Unix time the team's billing cycle started (billingCycleStart).",
+)
+TEAM_BILLING_END = _f(
+    "windsurf_team_billing_cycle_end_timestamp_seconds",
+    "Unix time the team's billing cycle ends (billingCycleEnd).",
+)
+TEAM_ACTIVE = _f("windsurf_team_active_users", "People with activeDays > 0 in the window.")
+TEAM_BILLABLE = _f(
+    "windsurf_team_billable_users",
+    "Approved people whose access is not disabled: the seats paid for, each person once.",
+)
+TEAM_CREDITS = _f(
+    "windsurf_team_prompt_credits_used",
+    "Prompt credits the team used in the current billing cycle, each person once.",
+)
+TEAM_STATUS = _f("windsurf_team_users_by_team_status", "People by teamStatus.")
+TEAM_ROLE = _f("windsurf_team_users_by_role", "People by role.")
+TEAM_IDLE = Family(
+    "windsurf_team_idle_users", "Billable people idle longer than idle_for, at scrape time."
+)
+
+
+class Team:
+    """The team source: one target, "", polled when `team` is on (the default)."""
+
+    name: str = TEAM_KEY[0]
+    health: Health = Health(prefix="team_", label="", subject="team")
+    families: tuple[Family, ...] = (
+        TEAM_USERS,
+        TEAM_BILLING_START,
+        TEAM_BILLING_END,
+        TEAM_ACTIVE,
+        TEAM_BILLABLE,
+        TEAM_CREDITS,
+        TEAM_STATUS,
+        TEAM_ROLE,
+        TEAM_IDLE,
+    )
+
+    def targets(self, config: Config) -> tuple[str, ...]:
+        return (TEAM_KEY[1],) if config.team else ()
+
+    def depends_on(self, config: Config) -> Hashable:
+        return config.windows
+
+    def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
+        return plan(config.windows, target, now)
+
+    def parse(self, request: Request, document: Any) -> Page:
+        return decode_page(document)
+
+    def report(
+        self, config: Config, target: str, replies: Sequence[tuple[Request, Any]]
+    ) -> GroupReport:
+        return report(replies)
+
+    def render(self, config: Config, live: Live) -> Rendered:
+        team = live.get(TEAM_KEY)
+        if not isinstance(team, GroupReport):
+            return Rendered()
+        return render_team(team, config)
+
+
+TEAM = Team()
+
+
+def render_team(team: GroupReport, config: Config) -> Rendered:
+    """The team's families; a billing cycle the reply did not give is absent."""
+    agg = team.totals
+    lines: dict[Family, list[tuple[str, float]]] = {
+        TEAM_USERS: [("", team.rows)],
+        TEAM_BILLING_START: [] if team.billing_start is None else [("", team.billing_start)],
+        TEAM_BILLING_END: [] if team.billing_end is None else [("", team.billing_end)],
+        TEAM_ACTIVE: [(labels([("window", w)]), n) for w, n in agg.active],
+        TEAM_BILLABLE: [("", agg.billable)],
+        TEAM_CREDITS: [("", agg.prompt_credits)],
+        TEAM_STATUS: [(labels([("team_status", s)]), n) for s, n in agg.by_team_status],
+        TEAM_ROLE: [(labels([("role", r)]), n) for r, n in agg.by_role],
+    }
+    static = {
+        family: utf8("".join(f"{family.name}{pairs} {number(v)}\n" for pairs, v in values))
+        for family, values in lines.items()
+        if any(v is not None for _, v in values)
+    }
+    return Rendered(
+        static=static, dynamic={TEAM_IDLE: idle_counts(TEAM_IDLE, [(None, agg)], config)}
+    )
