@@ -41,10 +41,11 @@ from exporter.sources import user_page as u
 
 G = ("group",)
 U = ("group", "user")
+UP, LAST_SUCCESS, _, _, POLLS, *_unused = c.health_families(u.USER_PAGE.health)
 # Every family the baselines export, with its label names.
 LABELS: dict[Family, tuple[str, ...]] = {
-    c.UP: G,
-    c.LAST_SUCCESS: G,
+    UP: G,
+    LAST_SUCCESS: G,
     u.GROUP_USERS: G,
     u.BILLING_START: G,
     u.BILLING_END: G,
@@ -68,8 +69,8 @@ Sample = tuple[Family, tuple[str, ...], float | Callable[[], float]]
 
 def samples(config: Config, group: str, report: u.GroupReport, at: float) -> Iterator[Sample]:
     """Every sample of a group's poll, ages as callbacks evaluated at scrape time."""
-    yield c.UP, (group,), 1
-    yield c.LAST_SUCCESS, (group,), at
+    yield UP, (group,), 1
+    yield LAST_SUCCESS, (group,), at
     yield u.GROUP_USERS, (group,), report.rows
     if report.billing_start is not None:
         yield u.BILLING_START, (group,), report.billing_start
@@ -111,7 +112,7 @@ class Metrics:
         self.gauges = {
             f: Gauge(f.name, f.help, names, registry=registry) for f, names in LABELS.items()
         }
-        self.polls = PromCounter(c.POLLS.name, c.POLLS.help, G, registry=registry)
+        self.polls = PromCounter(POLLS.name, POLLS.help, G, registry=registry)
         self._set: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}
 
     def update(self, group: str, report: u.GroupReport, at: float) -> None:

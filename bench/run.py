@@ -82,6 +82,8 @@ def config_file(directory: Path, url: str) -> Path:
         "poll": {"interval": "24h", "max_staleness": "48h", "concurrency": 1},
         "groups": list(GROUPS),
         "active_days_windows": ["7d", "30d"],
+        # Per-group polls, as the baselines make them.
+        "team": False,
     }
     path.write_text(yaml.safe_dump(raw))
     return path
