@@ -73,11 +73,30 @@ def test_every_variable_a_query_uses_is_defined(dashboard: dict[str, Any]) -> No
 
 
 @pytest.mark.parametrize(
+    "title",
+    [
+        "Billable seats",
+        "Active seats",
+        "Idle seats",
+        "Idle share",
+        "Monthly spend on idle seats",
+        "Prompt credits used",
+    ],
+)
+def test_headline_stats_count_people_and_say_so(dashboard: dict[str, Any], title: str) -> None:
+    panel = next(p for p in panels(dashboard) if p["title"] == title)
+    assert "each person" in panel["description"].lower(), title
+
+
+@pytest.mark.parametrize(
     ("kind", "metric"),
     [
-        ("stat", "windsurf:group_billable_seats"),
-        ("stat", "windsurf:group_active_seats"),
+        ("stat", "windsurf:team_billable_seats"),
+        ("stat", "windsurf:group_user_billable_seat"),
+        ("stat", "windsurf:team_active_seats"),
+        ("stat", "windsurf:team_idle_seats"),
         ("stat", "windsurf:group_idle_seats"),
+        ("stat", "windsurf:team_prompt_credits_used"),
         ("stat", "$seat_price"),
         ("table", "windsurf:user_idle_seat_seconds"),
         ("bargauge", "topk($top_n"),
@@ -98,7 +117,7 @@ def test_idle_seat_table_columns(dashboard: dict[str, Any]) -> None:
     table = next(p for p in panels(dashboard) if p["type"] == "table")
     organize = next(t for t in table["transformations"] if t["id"] == "organize")
     columns = set(organize["options"]["renameByName"].values())
-    assert {"User", "Group", "Days idle", "Last feature used", "Signed up"} <= columns
+    assert {"User", "Groups", "Days idle", "Last feature used", "Signed up"} <= columns
     assert table["options"]["sortBy"] == [{"displayName": "Days idle", "desc": True}]
 
 

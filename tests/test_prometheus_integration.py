@@ -1,11 +1,12 @@
 """A real Prometheus loads prometheus/rules.yml and scrapes two real exporters: the demo team
-with per-user series, and a team exported with `per_user: false` (group aggregates only).
-Every dashboard query and every rule must work on what it scraped."""
+with per-user series and the team poll, and a second team exported with `per_user: false` and
+`team: false` (group aggregates only). Every dashboard query and every rule must work on what
+it scraped, and the headline numbers count people, each once."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -55,14 +56,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     fakes: list[FakeWindsurf] = []
     prometheus: Prometheus | None = None
     try:
-        demo = launch("--demo").exporter
-        exporters.append(demo)
-        assert demo.fake is not None
+        # The demo's team, with some people taken out of every group: their seats are paid
+        # too, and must show up once each.
+        demo_team = [
+            replace(m, groups=()) if i % 25 == 7 else m for i, m in enumerate(synthetic_team())
+        ]
+        demo_fake = FakeWindsurf(team=demo_team).start()
+        fakes.append(demo_fake)
+        (tmp / "key").write_text(DEMO_SERVICE_KEY)
+        demo_config = tmp / "demo.yaml"
+        demo_config.write_text(
+            yaml.safe_dump(
+                {
+                    "api": {"url": demo_fake.url, "service_key_file": str(tmp / "key")},
+                    "groups": list(DEMO_GROUPS),
+                    "active_days_windows": ["7d", "30d"],
+                }
+            )
+        )
+        exporters.append(launch("--config.file", str(demo_config)).exporter)
         aggregate_fake = FakeWindsurf(
             team=synthetic_team(size=80, groups=AGGREGATE_GROUPS, seed=1)
         ).start()
         fakes.append(aggregate_fake)
-        (tmp / "key").write_text(DEMO_SERVICE_KEY)
         config = tmp / "aggregates.yaml"
         config.write_text(
             yaml.safe_dump(
@@ -70,6 +86,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "api": {"url": aggregate_fake.url, "service_key_file": str(tmp / "key")},
                     "groups": list(AGGREGATE_GROUPS),
                     "per_user": False,
+                    # The windsurf:team_* rules assume one team per Prometheus: the demo's.
+                    "team": False,
                     "idle_thresholds": ["7d", "30d"],
                     "poll": {"interval": "5m"},
                 }
@@ -80,7 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         targets = [e.server.url.removeprefix("http://") for e in exporters if e.server]
         prometheus = start_prometheus(tmp / "prometheus", targets)
         _wait_until_rules_ran(prometheus)
-        yield Stack(prometheus, demo.fake.team, aggregate_fake.team)
+        yield Stack(prometheus, demo_team, aggregate_fake.team)
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -93,20 +111,18 @@ def _wait_until_rules_ran(prometheus: Prometheus) -> None:
     groups = len(DEMO_GROUPS) + len(AGGREGATE_GROUPS)
 
     def ready() -> bool:
+        team = prometheus.query("windsurf:team_idle_seats")
         scraped = prometheus.query("min(count_over_time(windsurf_up[1m]))")
         idle = prometheus.query("count(windsurf:group_idle_seats)")
         return (
             bool(scraped)
             and float(scraped[0]["value"][1]) >= 3
             and bool(idle)
-            and int(float(idle[0]["value"][1])) == groups
+            and int(float(idle[0]["value"][1])) >= groups
+            and bool(team)
         )
 
     wait_for(ready, timeout=60, what="Prometheus to scrape both exporters and run the rules")
-
-
-def _pairs(result: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    return {(r["metric"].get("group", ""), r["metric"]["user"]) for r in result}
 
 
 def _by_group(result: list[dict[str, Any]]) -> dict[str, float]:
@@ -127,16 +143,27 @@ def test_every_recording_rule_produces_series(stack: Stack) -> None:
     assert empty == []
 
 
-def test_idle_seat_alert_selects_exactly_the_demo_idle_and_never_used_seats(stack: Stack) -> None:
-    selected = _pairs(stack.prometheus.query(alert_expr("WindsurfSeatIdle")))
+def _idle_people(members: list[Member]) -> list[Member]:
+    return [m for m in members if m.profile in ("idle", "never")]
 
-    expected = {
-        (g, m.email) for m in stack.demo_team if m.profile in ("idle", "never") for g in m.groups
-    }
+
+def _groups_label(member: Member) -> str:
+    return ",".join(sorted(g for g in member.groups if g))
+
+
+def test_idle_seat_alert_is_one_series_per_idle_person_naming_all_their_groups(
+    stack: Stack,
+) -> None:
+    result = stack.prometheus.query(alert_expr("WindsurfSeatIdle"))
+    selected = [(r["metric"]["user"], r["metric"].get("groups", "")) for r in result]
+
+    expected = sorted((m.email, _groups_label(m)) for m in _idle_people(stack.demo_team))
     ignored = {m.email for m in stack.demo_team if m.profile in ("pending", "disabled", "new")}
     assert expected, "the demo team has no idle seats to find"
-    assert selected == expected
-    assert not {user for _, user in selected} & ignored
+    assert any("," in groups for _, groups in expected), "nobody idle is in two groups"
+    assert any(not groups for _, groups in expected), "nobody idle is in no group"
+    assert sorted(selected) == expected
+    assert not {user for user, _ in selected} & ignored
 
 
 def _billable(members: list[Member]) -> list[Member]:
@@ -150,6 +177,9 @@ def _expected_idle_seats(stack: Stack) -> dict[str, int]:
         g: sum(1 for m in stack.demo_team if g in m.groups and m.profile in ("idle", "never"))
         for g in DEMO_GROUPS
     }
+    nowhere = [m for m in _idle_people(stack.demo_team) if not _groups_label(m)]
+    if nowhere:  # people in no group: their series have no group label
+        counts[""] = len(nowhere)
     for g in AGGREGATE_GROUPS:
         counts[g] = sum(
             1
@@ -176,7 +206,9 @@ def test_idle_share_alert_selects_the_groups_over_the_threshold(stack: Stack) ->
         for g in groups
     }
     expected = {
-        g for g, idle in _expected_idle_seats(stack).items() if idle / billable[g] > IDLE_SHARE
+        g
+        for g, idle in _expected_idle_seats(stack).items()
+        if g in billable and idle / billable[g] > IDLE_SHARE
     }
 
     selected = _by_group(stack.prometheus.query(alert_expr("WindsurfGroupIdleSeatsHigh")))
@@ -199,7 +231,7 @@ def _variable_values(stack: Stack, selection: str) -> dict[str, str]:
             values[name] = found[0]
         elif variable["type"] != "datasource":
             values[name] = str(variable["current"]["value"])
-    values["group"] = ".*" if selection == "All" else "(engineering|design)"
+    values["group"] = ".*" if selection == "All" else "(" + "|".join(_subset(stack)) + ")"
     return values
 
 
@@ -237,10 +269,74 @@ def test_idle_seat_table_rows_are_the_alerted_seats_with_their_details(stack: St
     days, last_feature, signup = (
         stack.prometheus.query(render(t["expr"], values)) for t in table["targets"]
     )
-    alerted = _pairs(stack.prometheus.query(alert_expr("WindsurfSeatIdle")))
-    assert _pairs(days) == alerted
-    assert _pairs(signup) == alerted
-    never = {(g, m.email) for m in stack.demo_team if m.profile == "never" for g in m.groups}
-    assert _pairs(last_feature) == alerted - never
+    alerted = _users(stack.prometheus.query(alert_expr("WindsurfSeatIdle")))
+    assert _users(days) == alerted
+    assert len(days) == len(alerted), "one row per person"
+    assert _users(signup) == alerted
+    never = {m.email for m in stack.demo_team if m.profile == "never"}
+    assert _users(last_feature) == alerted - never
     for row in days:
         assert float(row["value"][1]) > 14, row
+        assert "groups" in row["metric"] or row["metric"]["user"] in _no_group(stack)
+
+
+def _users(result: list[dict[str, Any]]) -> set[str]:
+    return {r["metric"]["user"] for r in result}
+
+
+def _no_group(stack: Stack) -> set[str]:
+    return {m.email for m in stack.demo_team if not _groups_label(m)}
+
+
+def _subset(stack: Stack) -> tuple[str, ...]:
+    """Two groups that share people: those of the first person in two groups."""
+    return next(tuple(m.groups) for m in stack.demo_team if len(m.groups) == 2)
+
+
+def _headline(stack: Stack, title: str, selection: str) -> float:
+    panel = next(p for p in panels(load_dashboard()) if p["title"] == title)
+    (target,) = panel["targets"]
+    (sample,) = stack.prometheus.query(render(target["expr"], _variable_values(stack, selection)))
+    return float(sample["value"][1])
+
+
+def _people(stack: Stack, selection: str) -> list[Member]:
+    """The demo's people a selection covers, each once: everyone for All (people in no group
+    included), else those in any selected group."""
+    if selection == "All":
+        return stack.demo_team
+    return [m for m in stack.demo_team if set(m.groups) & set(_subset(stack))]
+
+
+@pytest.mark.parametrize("selection", ["All", "two groups"])
+def test_headline_seats_count_each_person_once(stack: Stack, selection: str) -> None:
+    people = _people(stack, selection)
+    billable = _billable(people)
+    idle = _idle_people(billable)
+    active = [m for m in billable if m.usage_rate > 0]
+    price = float(_variable_values(stack, selection)["seat_price"])
+    groups = DEMO_GROUPS if selection == "All" else _subset(stack)
+    assert len(billable) < sum(len(_billable(_people_in(stack, g))) for g in groups), "no overlap"
+    assert _headline(stack, "Billable seats", selection) == len(billable)
+    assert _headline(stack, "Idle seats", selection) == len(idle)
+    assert _headline(stack, "Active seats", selection) == len(active)
+    assert _headline(stack, "Idle share", selection) == pytest.approx(len(idle) / len(billable))
+    assert _headline(stack, "Monthly spend on idle seats", selection) == len(idle) * price
+
+
+def _people_in(stack: Stack, group: str) -> list[Member]:
+    return [m for m in stack.demo_team if group in m.groups]
+
+
+@pytest.mark.parametrize("selection", ["All", "two groups"])
+def test_headline_prompt_credits_count_each_person_once(stack: Stack, selection: str) -> None:
+    per_person = {
+        r["metric"]["user"]: float(r["value"][1])
+        for r in stack.prometheus.query("max by (user) (windsurf_user_prompt_credits_used)")
+    }
+    expected = sum(per_person.get(m.email, 0.0) for m in _people(stack, selection))
+    # Credits grow between polls; a poll may land between the two queries.
+    assert _headline(stack, "Prompt credits used", selection) == pytest.approx(expected, rel=1e-3)
+    if selection == "All":  # the team poll's own number agrees with the people's
+        (team,) = stack.prometheus.query("windsurf_team_prompt_credits_used")
+        assert float(team["value"][1]) == pytest.approx(expected, rel=1e-3)
