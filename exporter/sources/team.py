@@ -11,21 +11,12 @@ included: the numbers a team pays by. The groups (sources/user_page.py) join its
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from typing import Any
+from collections.abc import Hashable
 
 from exporter.config import Config
 from exporter.exposition import Family, labels, number, utf8
 from exporter.sources.base import Health, Live, Rendered, Request
-from exporter.sources.user_page import (
-    TEAM_KEY,
-    GroupReport,
-    Page,
-    decode_page,
-    idle_counts,
-    plan,
-    report,
-)
+from exporter.sources.user_page import TEAM_KEY, GroupReport, Replies, idle_counts, plan
 
 _CACHED = " Cached from the last successful poll."
 
@@ -59,7 +50,7 @@ TEAM_IDLE = Family(
 )
 
 
-class Team:
+class Team(Replies):
     """The team source: one target, "", polled when `team` is on (the default)."""
 
     name: str = TEAM_KEY[0]
@@ -84,14 +75,6 @@ class Team:
 
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
         return plan(config.windows, target, now)
-
-    def parse(self, request: Request, document: Any) -> Page:
-        return decode_page(document)
-
-    def report(
-        self, config: Config, target: str, replies: Sequence[tuple[Request, Any]]
-    ) -> GroupReport:
-        return report(replies)
 
     def render(self, config: Config, live: Live) -> Rendered:
         team = live.get(TEAM_KEY)

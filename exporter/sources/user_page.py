@@ -312,7 +312,19 @@ GROUP_IDLE = _f(
 )
 
 
-class UserPage:
+class Replies:
+    """How a UserPageAnalytics source reads its replies: pages, merged by email across windows."""
+
+    def parse(self, request: Request, document: Any) -> Page:
+        return decode_page(document)
+
+    def report(
+        self, config: Config, target: str, replies: Sequence[tuple[Request, Any]]
+    ) -> GroupReport:
+        return build_report([(r.window.label if r.window else "", page) for r, page in replies])
+
+
+class UserPage(Replies):
     """The UserPageAnalytics source, one target per configured group.
 
     Without the team poll (`team: false`) each group is asked once per window, and with no
@@ -352,14 +364,6 @@ class UserPage:
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
         return plan(config.windows[:1] if config.team else config.windows, target, now)
 
-    def parse(self, request: Request, document: Any) -> Page:
-        return decode_page(document)
-
-    def report(
-        self, config: Config, target: str, replies: Sequence[tuple[Request, Any]]
-    ) -> GroupReport:
-        return report(replies)
-
     def render(self, config: Config, live: Live) -> Rendered:
         groups = [(k[1], r) for k, r in live.items() if k[0] == self.name]
         team = live.get(TEAM_KEY)
@@ -379,10 +383,6 @@ def plan(windows: Sequence[Window], group: str, now: float) -> tuple[Request, ..
     return tuple(
         Request(METHOD, request_body(group, now - w.seconds, now), group, w) for w in windows
     )
-
-
-def report(replies: Sequence[tuple[Request, Any]]) -> GroupReport:
-    return build_report([(r.window.label if r.window else "", page) for r, page in replies])
 
 
 def render_groups(
