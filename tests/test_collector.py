@@ -85,7 +85,8 @@ def _counts(**values: int) -> MappingProxyType[str, int]:
 
 def fixed_snapshot(config: Config = CONFIG) -> Snapshot:
     """Five groups covering every case: healthy, shared user, empty, failing, never polled;
-    and the whole team, with Nia, who is in no group."""
+    and the whole team, with Nia, who is in no group (so has no seat series while "new" has
+    no data: she might be in it)."""
     week = [{**ALICE, "activeDays": 5}, {**BOB, "activeDays": "3"}, ZOE, PENDING]
     month = [{**ALICE, "activeDays": 21}, {**BOB, "activeDays": 19}, ZOE, PENDING]
     engineering = _report(week, month)

@@ -129,3 +129,18 @@ def test_a_failing_team_poll_keeps_its_last_data_and_hides_no_group(
     assert after['windsurf_up{group="engineering"}'] == 1
     assert after["windsurf_team_users"] == before["windsurf_team_users"]
     assert after['windsurf_exporter_team_poll_errors_total{reason="server_error"}'] >= 1
+
+
+def test_while_a_group_is_not_live_nobody_is_said_to_be_in_no_group() -> None:
+    # Bob is in the team but not in eng; ops (configured) has no live data: Bob may be in it.
+    config = Config(groups=("eng", "ops"), windows=(WEEK, MONTH))
+    team = report(("7d", [ALICE, BOB]), ("30d", [ALICE, BOB]))
+    states = (
+        SourceState(USER_PAGE.name, "eng", report(("7d", [ALICE])), up=True, last_success=NOW),
+        SourceState(USER_PAGE.name, "ops"),
+        SourceState(TEAM.name, "", team, up=True, last_success=NOW),
+    )
+    text = Collector().render(Snapshot(states, config), NOW).decode()
+    assert "bob@example.com" not in text
+    assert 'user="alice@example.com"' in text
+    assert "windsurf_team_users 2" in text

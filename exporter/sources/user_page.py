@@ -471,8 +471,10 @@ def _seats(
     groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None, config: Config
 ) -> list[tuple[str, UserStats, str, list[tuple[str, str]]]]:
     """(group, person, user label, info labels) for every seat series: each person once per
-    live group they are in, or once with group="" when they are in none (team live only).
-    People are matched by email, whatever its case."""
+    live group they are in, or once with group="" when they are in none; that takes the team
+    and every configured group live, else who is in no group is unknown and left out. People
+    are matched by email, whatever its case."""
+    nowhere = [""] if {g for g, _ in groups} == set(USER_PAGE.targets(config)) else []
     member_of: dict[str, list[str]] = {}
     rows: list[tuple[str, UserStats]] = []
     for group, report in groups:
@@ -483,7 +485,7 @@ def _seats(
     if team is not None:
         known = {u.email.lower() for u in team.users}
         for user in team.users:
-            rows.extend((g, user) for g in member_of.get(user.email.lower()) or [""])
+            rows.extend((g, user) for g in member_of.get(user.email.lower()) or nowhere)
         # Upstream changed between the requests: a member the team reply does not know yet.
         rows.extend((g, u) for g, r in groups for u in r.users if u.email.lower() not in known)
     people = {u.email.lower(): u for _, u in reversed(rows)}
