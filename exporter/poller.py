@@ -150,8 +150,9 @@ def log_published(published: Published) -> None:
         else:
             kept = "keeping its last good data"
         log.warning(
-            "poll failed: %s; group down, %s, next attempt in %s",
+            "poll failed: %s; %s down, %s, next attempt in %s",
             failure,
+            _BY_NAME[published.result.key[0]].health.subject,
             kept,
             format_duration(published.next_in),
             extra={**fields, "reason": failure.reason.value},

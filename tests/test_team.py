@@ -111,6 +111,7 @@ def test_a_failing_team_poll_keeps_its_last_data_and_hides_no_group(
     fake_api: FakeWindsurf,
     write_config: Callable[..., Path],
     start_exporter: Callable[..., Running],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = {
         "api": {"url": fake_api.url, "retries": 0},
@@ -129,6 +130,8 @@ def test_a_failing_team_poll_keeps_its_last_data_and_hides_no_group(
     assert after['windsurf_up{group="engineering"}'] == 1
     assert after["windsurf_team_users"] == before["windsurf_team_users"]
     assert after['windsurf_exporter_team_poll_errors_total{reason="server_error"}'] >= 1
+    failed = [r.getMessage() for r in caplog.records if r.name == "exporter.poller"]
+    assert any("; team down, keeping its last good data" in m for m in failed), failed
 
 
 def test_while_a_group_is_not_live_nobody_is_said_to_be_in_no_group() -> None:
