@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import platform
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_exposition
@@ -27,7 +28,7 @@ from exporter import __version__
 from exporter.config import Config
 from exporter.exposition import Family, StaticBody, family_lines, labels, number, utf8
 from exporter.sources import SOURCES, Rendered, Source
-from exporter.sources.base import Health, Live
+from exporter.sources.base import Health, Live, Parts
 from exporter.state import OUTCOMES, REASONS, Report, Snapshot, SourceState, is_live
 
 _CACHED = " Cached from the last successful poll."
@@ -165,6 +166,7 @@ class Collector:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._registry = registry
         self._rendered: dict[str, _Cached] = {}
+        self._parts: dict[str, Mapping[Hashable, Any]] = {}
         self._static: dict[bool, _Static] = {}
         self._lock = threading.Lock()
         self._build = (
@@ -197,9 +199,11 @@ class Collector:
         if cached is not None and cached.holds(config, reports):
             return cached.rendered
         live: Live = dict(reports)
-        rendered = source.render(config, live)
+        parts = Parts(self._parts.get(source.name, {}))
+        rendered = source.render(config, live, parts)
         with self._lock:
             self._rendered[source.name] = _Cached(config, reports, rendered)
+            self._parts[source.name] = parts.kept
         return rendered
 
     def _static_part(

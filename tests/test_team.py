@@ -12,8 +12,15 @@ import pytest
 from exporter.collector import Collector
 from exporter.config import Config, ConfigError, Window, parse_config
 from exporter.demo import FakeWindsurf, Fault
+from exporter.sources.base import Parts
 from exporter.sources.team import TEAM
-from exporter.sources.user_page import USER_PAGE, GroupReport, build_report, decode_page
+from exporter.sources.user_page import (
+    USER_INFO,
+    USER_PAGE,
+    GroupReport,
+    build_report,
+    decode_page,
+)
 from exporter.state import Snapshot, SourceState
 from tests import rows
 from tests.conftest import Running, samples, series, wait_for
@@ -147,3 +154,31 @@ def test_while_a_group_is_not_live_nobody_is_said_to_be_in_no_group() -> None:
     assert "bob@example.com" not in text
     assert 'user="alice@example.com"' in text
     assert "windsurf_team_users 2" in text
+
+
+def test_a_new_report_of_one_group_redoes_only_the_pieces_it_changes() -> None:
+    config = Config(groups=("eng", "ops", "lab"), windows=(WEEK, MONTH))
+    carol = {**rows.ALICE, "email": "carol@example.com", "name": "Carol"}
+    team = report(("7d", [ALICE, BOB, carol]), ("30d", [ALICE, BOB, carol]))
+    live: dict[tuple[str, str], Any] = {
+        (USER_PAGE.name, "eng"): report(("7d", [ALICE])),
+        (USER_PAGE.name, "ops"): report(("7d", [BOB])),
+        (USER_PAGE.name, "lab"): report(("7d", [carol])),
+        (TEAM.name, ""): team,
+    }
+    first = Parts({})
+    USER_PAGE.render(config, live, first)
+    # A new eng report with the same members (a poll): ops and lab are kept as they were.
+    live[(USER_PAGE.name, "eng")] = report(("7d", [ALICE]))
+    second = Parts(first.kept)
+    USER_PAGE.render(config, live, second)
+    assert second.kept[("group", "ops")][2] is first.kept[("group", "ops")][2]
+    assert second.kept[("group", "eng")][2] is not first.kept[("group", "eng")][2]
+    # Bob joins eng: his series in ops now name both groups, so ops is redone; lab is not.
+    live[(USER_PAGE.name, "eng")] = report(("7d", [ALICE, BOB]))
+    third = Parts(second.kept)
+    rendered = USER_PAGE.render(config, live, third)
+    assert third.kept[("group", "lab")][2] is second.kept[("group", "lab")][2]
+    info = rendered.static[USER_INFO].decode()
+    assert 'group="ops",user="bob@example.com"' in info
+    assert info.count('groups="eng,ops"') == 2

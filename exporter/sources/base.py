@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from exporter.config import Config, Window
 from exporter.exposition import Family
@@ -50,6 +50,34 @@ class Health:
 
 
 Live = Mapping[tuple[str, str], Report]  # (source, target) -> report, for every live target
+T = TypeVar("T")
+
+
+class Parts:
+    """The pieces of a source's previous rendering, so a new one redoes only what changed. A
+    piece is reused when the objects it was made from are the same ones (`same`, by identity)
+    and what else it depends on is equal (`equal`); the collector hands each rendering the
+    pieces of the one before and keeps what it used (`kept`)."""
+
+    def __init__(self, previous: Mapping[Hashable, tuple[tuple[object, ...], Hashable, Any]]):
+        self._previous = previous
+        self.kept: dict[Hashable, tuple[tuple[object, ...], Hashable, Any]] = {}
+
+    def get(
+        self, key: Hashable, same: tuple[object, ...], equal: Hashable, make: Callable[[], T]
+    ) -> T:
+        old = self._previous.get(key)
+        if (
+            old is not None
+            and old[1] == equal
+            and len(old[0]) == len(same)
+            and all(a is b for a, b in zip(old[0], same, strict=True))
+        ):
+            value: T = old[2]
+        else:
+            value = make()
+        self.kept[key] = (same, equal, value)
+        return value
 
 
 class Source(Protocol):
@@ -77,6 +105,7 @@ class Source(Protocol):
     def report(self, config: Config, target: str, replies: Sequence[tuple[Request, Any]]) -> Report:
         """A poll's parsed replies, in plan order -> the report kept as the target's data."""
 
-    def render(self, config: Config, live: Live) -> Rendered:
+    def render(self, config: Config, live: Live, parts: Parts) -> Rendered:
         """The live reports (of every source, so a source may join another's) -> its lines;
-        called once per change of the live reports, never per scrape."""
+        called once per change of the live reports, never per scrape. `parts` may hold pieces
+        of the previous rendering worth reusing."""

@@ -15,7 +15,7 @@ from collections.abc import Hashable
 
 from exporter.config import Config
 from exporter.exposition import Family, labels, number, utf8
-from exporter.sources.base import Health, Live, Rendered, Request
+from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.user_page import TEAM_KEY, GroupReport, Replies, idle_counts, plan
 
 _CACHED = " Cached from the last successful poll."
@@ -76,7 +76,7 @@ class Team(Replies):
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
         return plan(config.windows, target, now)
 
-    def render(self, config: Config, live: Live) -> Rendered:
+    def render(self, config: Config, live: Live, parts: Parts) -> Rendered:
         team = live.get(TEAM_KEY)
         if not isinstance(team, GroupReport):
             return Rendered()

@@ -15,6 +15,7 @@ The exposition, for a group "eng" with one user, looks like:
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import sys
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 from exporter.config import Config, Window
 from exporter.exposition import Ages, Family, labels, number, utf8
-from exporter.sources.base import Health, Live, Rendered, Request
+from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.values import parse_bool, parse_count, parse_time, text
 from exporter.state import MalformedResponse
 
@@ -364,13 +365,14 @@ class UserPage(Replies):
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
         return plan(config.windows[:1] if config.team else config.windows, target, now)
 
-    def render(self, config: Config, live: Live) -> Rendered:
+    def render(self, config: Config, live: Live, parts: Parts) -> Rendered:
         groups = [(k[1], r) for k, r in live.items() if k[0] == self.name]
         team = live.get(TEAM_KEY)
         return render_groups(
             [(g, r) for g, r in groups if isinstance(r, GroupReport)],
             team if isinstance(team, GroupReport) else None,
             config,
+            parts,
         )
 
 
@@ -386,42 +388,146 @@ def plan(windows: Sequence[Window], group: str, now: float) -> tuple[Request, ..
 
 
 def render_groups(
-    groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None, config: Config
+    groups: Sequence[tuple[str, GroupReport]],
+    team: GroupReport | None,
+    config: Config,
+    parts: Parts,
 ) -> Rendered:
     """The groups' aggregates and, with `per_user`, one set of series per (group, person);
-    a person of the team in no live group gets group="". Per-user values come from the team's
-    rows when the team is live (every window), else from each group's own rows."""
+    a person of the team in no group gets group="". Per-user values come from the team's rows
+    when the team is live (every window), else from each group's own rows.
+
+    A group's lines are redone only when its report, the team's, the config or its members'
+    labels (their groups included) changed; so is the group-less rest of the team's.
+    """
+    people = _People(groups, team, config)
+    pieces = []
+    for group, report in groups:
+        members = [u.email.lower() for u in report.users]
+        make = functools.partial(_group_piece, group, report, people, config)
+        pieces.append(
+            parts.get(("group", group), (report, team, config), people.sig(members), make)
+        )
+    if config.per_user and team is not None and people.complete:
+        rest = [e for e in people.stats if e not in people.member_of]
+        make = functools.partial(_seats_piece, "", rest, people, config)
+        pieces.append(parts.get(("no group",), (team, config), people.sig(rest), make))
+    return _combine(pieces)
+
+
+class _People:
+    """Everyone of the live groups and the team, by lower-cased email (emails differ in case
+    between replies): their stats (the team's row, else their first group's), the groups they
+    are in, and their labels, named across the whole team so a person has one label."""
+
+    def __init__(
+        self, groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None, config: Config
+    ) -> None:
+        self.team = {u.email.lower(): u for u in team.users} if team else {}
+        self.stats = dict(self.team)
+        self.member_of: dict[str, list[str]] = {}
+        for group, report in groups:
+            for user in report.users:
+                self.member_of.setdefault(user.email.lower(), []).append(group)
+                self.stats.setdefault(user.email.lower(), user)
+        # Who is in no group is known only when every configured group's members are.
+        self.complete = {g for g, _ in groups} == set(USER_PAGE.targets(config))
+        self.named: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+        if config.per_user:  # labels only name per-user series
+            labelled = user_labels(list(self.stats.values()), config)
+            self.named = dict(zip(self.stats, labelled, strict=True))
+
+    def info(self, email: str) -> tuple[str, list[tuple[str, str]]]:
+        """A person's `user` label and info labels, `groups` last."""
+        name, info = self.named[email]
+        groups = ",".join(sorted(g for g in self.member_of.get(email, ()) if g))
+        return name, [*info, ("groups", groups)]
+
+    def sig(self, emails: Sequence[str]) -> Hashable:
+        """What these people's lines show besides their stats: their labels."""
+        if not self.named:
+            return ()
+        out = []
+        for email in emails:
+            name, info = self.info(email)
+            out.append((email, name, *info))
+        return tuple(out)
+
+
+def _group_piece(group: str, report: GroupReport, people: _People, config: Config) -> Rendered:
     lines: dict[Family, list[str]] = {}
 
     def add(family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
         lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}")
 
-    by_email = {u.email.lower(): u for u in team.users} if team else {}
-    for group, report in groups:
-        _group_lines(add, group, report, _joined_active(report, by_email, config))
+    _group_lines(add, group, report, _joined_active(report, people.team, config))
+    static = {f: utf8("".join([line + "\n" for line in ls])) for f, ls in lines.items()}
+    idle = idle_counts(GROUP_IDLE, [(("group", group), report.totals)], config)
+    aggregates = Rendered(static=static, dynamic={GROUP_IDLE: idle})
+    if not config.per_user:
+        return aggregates
+    # A member the team reply does not know yet (it changed between the requests) keeps the
+    # row of this group's reply.
+    own = {u.email.lower(): u for u in report.users}
+    seats = _seats_piece(group, list(own), people, config, own)
+    return _combine([aggregates, seats])
+
+
+def _seats_piece(
+    group: str,
+    emails: Sequence[str],
+    people: _People,
+    config: Config,
+    own: Mapping[str, UserStats] | None = None,
+) -> Rendered:
+    """The per-user series of these people in `group`."""
+    lines: dict[Family, list[str]] = {}
     ages: list[tuple[str, float]] = []
     idle: list[tuple[str, float]] = []
-    if config.per_user:
-        for g, user, name, info in _seats(groups, team, config):
-            who = [("group", g), ("user", name)]
-            for label, days in user.active_days.items():
-                add(USER_ACTIVE, [*who, ("window", label)], days)
-            if user.prompt_credits is not None:
-                add(USER_CREDITS, who, user.prompt_credits)
-            for feature, last in zip(FEATURES, user.last_usage, strict=True):
-                if last is not None:
-                    add(USER_LAST, [*who, ("feature", feature)], last)
-                    ages.append((f"{USER_AGE.name}{labels([*who, ('feature', feature)])} ", last))
-            if user.signup is not None:
-                add(USER_SIGNUP, who, user.signup)
-            add(USER_DISABLED, who, float(user.disabled))
-            add(USER_INFO, [*who, *info], 1)
-            if user.idle_since is not None:
-                idle.append((f"{USER_IDLE.name}{labels(who)} ", user.idle_since))
+
+    def add(family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
+        lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}")
+
+    for email in emails:
+        user = people.team.get(email) or (own or people.stats)[email]
+        name, info = people.info(email)
+        who = [("group", group), ("user", name)]
+        for label, days in user.active_days.items():
+            add(USER_ACTIVE, [*who, ("window", label)], days)
+        if user.prompt_credits is not None:
+            add(USER_CREDITS, who, user.prompt_credits)
+        for feature, last in zip(FEATURES, user.last_usage, strict=True):
+            if last is not None:
+                add(USER_LAST, [*who, ("feature", feature)], last)
+                ages.append((f"{USER_AGE.name}{labels([*who, ('feature', feature)])} ", last))
+        if user.signup is not None:
+            add(USER_SIGNUP, who, user.signup)
+        add(USER_DISABLED, who, float(user.disabled))
+        add(USER_INFO, [*who, *info], 1)
+        if user.idle_since is not None:
+            idle.append((f"{USER_IDLE.name}{labels(who)} ", user.idle_since))
     static = {f: utf8("".join([line + "\n" for line in ls])) for f, ls in lines.items()}
-    counts = idle_counts(GROUP_IDLE, [(("group", g), r.totals) for g, r in groups], config)
-    dynamic = {USER_AGE: Ages(ages).render, USER_IDLE: Ages(idle).render, GROUP_IDLE: counts}
+    return Rendered(
+        static=static, dynamic={USER_AGE: Ages(ages).render, USER_IDLE: Ages(idle).render}
+    )
+
+
+def _combine(pieces: Sequence[Rendered]) -> Rendered:
+    """Pieces of one source's lines as one: each family's lines in the order of the pieces."""
+    static: dict[Family, bytes] = {}
+    dynamic: dict[Family, Callable[[float], str]] = {}
+    for family in USER_PAGE.families:
+        chunks = [p.static[family] for p in pieces if family in p.static]
+        if chunks:
+            static[family] = b"".join(chunks)
+        renders = [p.dynamic[family] for p in pieces if family in p.dynamic]
+        if renders:
+            dynamic[family] = functools.partial(_joined, renders)
     return Rendered(static=static, dynamic=dynamic)
+
+
+def _joined(renders: Sequence[Callable[[float], str]], now: float) -> str:
+    return "".join([render(now) for render in renders])
 
 
 Add = Callable[[Family, Sequence[tuple[str, str]], float], None]
@@ -464,37 +570,6 @@ def _joined_active(
         days = [r.active_days.get(window) if r else None for r in rows]
         if None not in days:
             out.append((window, sum(1 for d in days if d)))
-    return out
-
-
-def _seats(
-    groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None, config: Config
-) -> list[tuple[str, UserStats, str, list[tuple[str, str]]]]:
-    """(group, person, user label, info labels) for every seat series: each person once per
-    live group they are in, or once with group="" when they are in none; that takes the team
-    and every configured group live, else who is in no group is unknown and left out. People
-    are matched by email, whatever its case."""
-    nowhere = [""] if {g for g, _ in groups} == set(USER_PAGE.targets(config)) else []
-    member_of: dict[str, list[str]] = {}
-    rows: list[tuple[str, UserStats]] = []
-    for group, report in groups:
-        for user in report.users:
-            member_of.setdefault(user.email.lower(), []).append(group)
-            if team is None:
-                rows.append((group, user))
-    if team is not None:
-        known = {u.email.lower() for u in team.users}
-        for user in team.users:
-            rows.extend((g, user) for g in member_of.get(user.email.lower()) or nowhere)
-        # Upstream changed between the requests: a member the team reply does not know yet.
-        rows.extend((g, u) for g, r in groups for u in r.users if u.email.lower() not in known)
-    people = {u.email.lower(): u for _, u in reversed(rows)}
-    named = dict(zip(people, user_labels(list(people.values()), config), strict=True))
-    out = []
-    for group, user in rows:
-        name, info = named[user.email.lower()]
-        in_groups = ",".join(sorted(g for g in member_of.get(user.email.lower(), ()) if g))
-        out.append((group, user, name, [*info, ("groups", in_groups)]))
     return out
 
 
