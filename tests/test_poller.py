@@ -13,6 +13,7 @@ from exporter.api import ApiError, Client, Clocks
 from exporter.config import ApiConfig, Config, LabelConfig, PollConfig, Secret, Window
 from exporter.demo import FakeWindsurf, Fault
 from exporter.poller import Poller, PollResult, PollState, Reloaded, next_state
+from exporter.sources.team import TEAM
 from exporter.sources.user_page import USER_PAGE, build_report, decode_page
 from exporter.state import Reason
 from tests import rows
@@ -103,6 +104,13 @@ def test_a_reload_keeps_each_kept_groups_data_and_counters() -> None:
     assert state_of(reloaded, ENG) is state_of(state, ENG)
     assert [s.name for s in reloaded.snapshot.states] == ["eng", "new"]
     assert state_of(reloaded, NEW).polls == 0
+
+
+def test_turning_the_team_poll_on_polls_the_team_and_every_group_at_once() -> None:
+    # With the team poll each group is asked for one window only: another request.
+    state = polled()
+    reloaded = next_state(state, Reloaded(500.0), replace(CONFIG, team=True))
+    assert reloaded.due == {ENG: 500.0, OPS: 500.0, (TEAM.name, ""): 500.0}
 
 
 def test_a_reload_polls_a_new_group_at_once() -> None:
