@@ -454,16 +454,24 @@ class _People:
         return tuple(out)
 
 
+class _Lines:
+    """Exposition lines by family, as they are added."""
+
+    def __init__(self) -> None:
+        self._lines: dict[Family, list[str]] = {}
+
+    def add(self, family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
+        self._lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}")
+
+    def static(self) -> dict[Family, bytes]:
+        return {f: utf8("".join([line + "\n" for line in ls])) for f, ls in self._lines.items()}
+
+
 def _group_piece(group: str, report: GroupReport, people: _People, config: Config) -> Rendered:
-    lines: dict[Family, list[str]] = {}
-
-    def add(family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
-        lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}")
-
-    _group_lines(add, group, report, _joined_active(report, people.team, config))
-    static = {f: utf8("".join([line + "\n" for line in ls])) for f, ls in lines.items()}
+    lines = _Lines()
+    _group_lines(lines.add, group, report, _joined_active(report, people.team, config))
     idle = idle_counts(GROUP_IDLE, [(("group", group), report.totals)], config)
-    aggregates = Rendered(static=static, dynamic={GROUP_IDLE: idle})
+    aggregates = Rendered(static=lines.static(), dynamic={GROUP_IDLE: idle})
     if not config.per_user:
         return aggregates
     # A member the team reply does not know yet (it changed between the requests) keeps the
@@ -481,13 +489,10 @@ def _seats_piece(
     own: Mapping[str, UserStats] | None = None,
 ) -> Rendered:
     """The per-user series of these people in `group`."""
-    lines: dict[Family, list[str]] = {}
+    lines = _Lines()
+    add = lines.add
     ages: list[tuple[str, float]] = []
     idle: list[tuple[str, float]] = []
-
-    def add(family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
-        lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}")
-
     for email in emails:
         user = people.team.get(email) or (own or people.stats)[email]
         name, info = people.info(email)
@@ -506,10 +511,8 @@ def _seats_piece(
         add(USER_INFO, [*who, *info], 1)
         if user.idle_since is not None:
             idle.append((f"{USER_IDLE.name}{labels(who)} ", user.idle_since))
-    static = {f: utf8("".join([line + "\n" for line in ls])) for f, ls in lines.items()}
-    return Rendered(
-        static=static, dynamic={USER_AGE: Ages(ages).render, USER_IDLE: Ages(idle).render}
-    )
+    dynamic = {USER_AGE: Ages(ages).render, USER_IDLE: Ages(idle).render}
+    return Rendered(static=lines.static(), dynamic=dynamic)
 
 
 def _combine(pieces: Sequence[Rendered]) -> Rendered:
