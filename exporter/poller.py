@@ -30,6 +30,7 @@ class GroupState:
     last_attempt: float | None = None
     last_duration: float | None = None
     last_error: Reason | None = None
+    last_error_message: str | None = None  # the failure's one redacted line, for the landing page
     polls: int = 0
     errors: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     requests: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
@@ -225,13 +226,19 @@ class Poller:
             )
             if failure is None:
                 state = replace(
-                    state, report=report, up=True, last_success=attempted_at, last_error=None
+                    state,
+                    report=report,
+                    up=True,
+                    last_success=attempted_at,
+                    last_error=None,
+                    last_error_message=None,
                 )
             else:
                 state = replace(
                     state,
                     up=False,
                     last_error=failure.reason,
+                    last_error_message=str(failure),
                     errors=_bump(old.errors, failure.reason.value),
                 )
             groups = list(self._snapshot.groups)

@@ -6,129 +6,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import json
 import logging
-import re
 import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 
 from exporter import __version__
 from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Collector
-from exporter.config import ConfigError
-from exporter.poller import Snapshot
+from exporter.config import WebConfig, format_duration, to_yaml
+from exporter.poller import GroupState, Snapshot
 
 log = logging.getLogger("exporter.web")
-
-_CLIENT_AUTH = {
-    "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-}
-_TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
-_BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")  # the cost is characters 4-5
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """The exporter-toolkit web config: TLS and basic auth for every endpoint."""
-
-    tls: ssl.SSLContext | None = None
-    users: Mapping[str, bytes] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-def load_web_config(path: str | None) -> WebConfig:
-    """Read `--web.config.file`; problems are reported by key path like the main config."""
-    if not path:
-        return WebConfig()
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(path, [f"(file): cannot read: {err.__class__.__name__}"]) from None
-    problems: list[str] = []
-    if not isinstance(raw, dict):
-        raise ConfigError(path, ["(top level): must be a mapping"])
-    for key in raw:
-        if key not in ("tls_server_config", "basic_auth_users", "http_server_config"):
-            problems.append(f"{key}: unknown key")
-    tls = _tls_context(raw.get("tls_server_config"), problems)
-    users: dict[str, bytes] = {}
-    for user, hashed in (raw.get("basic_auth_users") or {}).items():
-        if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
-            problems.append(f"basic_auth_users.{user}: must be a bcrypt hash")
-        else:
-            users[str(user)] = hashed.encode()
-    headers = (raw.get("http_server_config") or {}).get("headers") or {}
-    if not isinstance(headers, dict):
-        problems.append("http_server_config.headers: must be a mapping")
-        headers = {}
-    if problems:
-        raise ConfigError(path, problems)
-    return WebConfig(tls=tls, users=users, headers={str(k): str(v) for k, v in headers.items()})
-
-
-def _tls_context(raw: Any, problems: list[str]) -> ssl.SSLContext | None:
-    if not raw:
-        return None
-    if not isinstance(raw, dict):
-        problems.append("tls_server_config: must be a mapping")
-        return None
-    allowed = {
-        "cert_file",
-        "key_file",
-        "client_ca_file",
-        "client_auth_type",
-        "min_version",
-        "max_version",
-        "cipher_suites",
-        "curve_preferences",
-        "prefer_server_cipher_suites",
-    }
-    problems.extend(f"tls_server_config.{k}: unknown key" for k in raw if k not in allowed)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    for key, attr in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
-        if key in raw:
-            if raw[key] not in _TLS_VERSIONS:
-                problems.append(f"tls_server_config.{key}: one of {', '.join(_TLS_VERSIONS)}")
-            else:
-                setattr(context, attr, _TLS_VERSIONS[raw[key]])
-    try:
-        context.load_cert_chain(raw.get("cert_file", ""), raw.get("key_file", ""))
-    except (OSError, ssl.SSLError) as err:
-        problems.append(f"tls_server_config.cert_file: cannot load with key_file: {err}")
-    auth = raw.get("client_auth_type", "NoClientCert")
-    if auth not in _CLIENT_AUTH:
-        problems.append(f"tls_server_config.client_auth_type: one of {', '.join(_CLIENT_AUTH)}")
-        return context
-    context.verify_mode = _CLIENT_AUTH[auth]
-    if raw.get("client_ca_file"):
-        try:
-            context.load_verify_locations(raw["client_ca_file"])
-        except (OSError, ssl.SSLError) as err:
-            problems.append(f"tls_server_config.client_ca_file: cannot load: {err}")
-    elif context.verify_mode != ssl.CERT_NONE:
-        problems.append(f"tls_server_config.client_ca_file: required by {auth}")
-    return context
 
 
 @dataclass
@@ -406,23 +304,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def landing_page(app: App) -> str:
-    """A page for people: links, per-group status and the config, with secrets redacted."""
-    rows = []
-    for state in app.snapshot().groups:
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(cell))}</td>"
-                for cell in (
-                    state.name or "(whole team)",
-                    "up" if state.up else "down",
-                    len(state.report.users) if state.report else "-",
-                    state.last_error.value if state.last_error else "-",
-                )
-            )
-            + "</tr>"
-        )
-    config = html.escape(json.dumps(app.config_summary(), indent=2))
+    """A page for people: links, per-group status with when and why, and the effective config
+    as YAML that can be pasted back, with secrets redacted."""
+    now = app.clock()
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in _status(state, now)) + "</tr>"
+        for state in app.snapshot().groups
+    )
+    config = html.escape(to_yaml(app.config_summary()))
     path = html.escape(app.telemetry_path)
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Windsurf Exporter</title></head>
@@ -436,10 +325,39 @@ def landing_page(app: App) -> str:
 </ul>
 <h2>Groups</h2>
 <table border="1" cellpadding="4">
-<tr><th>group</th><th>last poll</th><th>users</th><th>last error</th></tr>
-{"".join(rows)}
+<tr><th>group</th><th>up</th><th>last poll</th><th>last success</th><th>users</th>\
+<th>last error</th></tr>
+{rows}
 </table>
-<h2>Configuration (secrets redacted)</h2>
+<h2>Configuration</h2>
+<p>In force now, as YAML a config file can take back. The service key and the hash salt never
+appear, only the files they are read from.</p>
 <pre>{config}</pre>
 </body></html>
 """
+
+
+def _status(state: GroupState, now: float) -> tuple[str, ...]:
+    """A group's table row: whether it is up, when it was last polled and last succeeded, and
+    its current error with when it happened and the (already redacted) one-line message."""
+    error = "-"
+    if state.last_error is not None and state.last_attempt is not None:
+        error = f"{_when(state.last_attempt, now)}: {state.last_error.value}"
+        if state.last_error_message:
+            error += f": {state.last_error_message}"
+    return (
+        state.name or "(whole team)",
+        "up" if state.up else "down",
+        _when(state.last_attempt, now),
+        _when(state.last_success, now),
+        str(len(state.report.users)) if state.report else "-",
+        error,
+    )
+
+
+def _when(timestamp: float | None, now: float) -> str:
+    """A Unix time as a person reads it: UTC to the second, and how long ago."""
+    if timestamp is None:
+        return "never"
+    moment = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+    return f"{moment} ({format_duration(max(now - timestamp, 0.0))} ago)"
