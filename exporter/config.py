@@ -6,7 +6,7 @@ import os
 import re
 import ssl
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -438,6 +438,24 @@ class _Reader:
             found[label] = Window(label, seconds)
         return tuple(found.values()) or default
 
+    def pairs(
+        self, value: Any, path: str, what: str, problem: Callable[[Any, Any], str | None]
+    ) -> dict[str, str]:
+        """A mapping of text to text, each pair checked by `problem` (None: fine)."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping of {what}")
+            return {}
+        found = {}
+        for key, item in value.items():
+            issue = problem(key, item)
+            if issue:
+                self.fail(f"{path}.{key}", issue)
+            else:
+                found[key] = item
+        return found
+
     def secret_file(self, path: str, key_path: str) -> Secret:
         """A secret read from a file: a missing, empty or placeholder file is a problem, because
         a secret that failed to mount must not silently become no secret at all."""
@@ -694,39 +712,30 @@ def _client_auth(reader: _Reader, raw: Mapping[str, Any], context: ssl.SSLContex
 
 
 def _users(reader: _Reader, value: Any) -> dict[str, bytes]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        reader.fail("basic_auth_users", "must be a mapping of user name to bcrypt hash")
-        return {}
-    users = {}
-    for user, hashed in value.items():
-        path = f"basic_auth_users.{user}"
-        if not isinstance(user, str) or not user or ":" in user:
-            reader.fail(path, "a user name must be text without ':' (quote it in YAML)")
-        elif not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
-            reader.fail(path, f"must be a bcrypt hash ($2b$...); {_HASH_HOWTO}")
-        else:
-            users[user] = hashed.encode()
-    return users
+    users = reader.pairs(value, "basic_auth_users", "user name to bcrypt hash", _user_problem)
+    return {user: hashed.encode() for user, hashed in users.items()}
+
+
+def _user_problem(user: Any, hashed: Any) -> str | None:
+    if not isinstance(user, str) or not user or ":" in user:
+        return "a user name must be text without ':' (quote it in YAML)"
+    if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
+        return f"must be a bcrypt hash ($2b$...); {_HASH_HOWTO}"
+    return None
 
 
 def _headers(reader: _Reader, value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        reader.fail("http_server_config.headers", "must be a mapping of header name to value")
-        return {}
-    headers = {}
-    for name, text in value.items():
-        path = f"http_server_config.headers.{name}"
-        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-            reader.fail(path, "not a valid header name")
-        elif not isinstance(text, str) or not text.isprintable():
-            reader.fail(path, "the value must be text on one line")
-        else:
-            headers[name] = text
-    return headers
+    return reader.pairs(
+        value, "http_server_config.headers", "header name to value", _header_problem
+    )
+
+
+def _header_problem(name: Any, text: Any) -> str | None:
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        return "not a valid header name"
+    if not isinstance(text, str) or not text.isprintable():
+        return "the value must be text on one line"
+    return None
 
 
 def _read_yaml(path: str) -> Any:

@@ -359,3 +359,14 @@ def test_readme_running_it_for_real_works_as_written_with_only_the_key(tmp_path:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("OK: config.yaml is valid") == 2
+
+
+def test_copied_example_passes_config_check_with_only_the_key_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    shutil.copy(ROOT / "config.example.yaml", tmp_path / "config.yaml")
+    result = run("--config.check", cwd=tmp_path, env={"WINDSURF_SERVICE_KEY": "sk-from-env"})
+    assert (result.returncode, result.stdout) == (
+        0,
+        "OK: config.yaml is valid (2 group(s), 1 window(s))\n",
+    )

@@ -9,7 +9,6 @@ import base64
 import os
 import shutil
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,6 +21,7 @@ import yaml
 from exporter.cli import DEFAULT_PORT
 from exporter.config import ConfigError, parse_config
 from tests.conftest import ROOT
+from tests.test_cli import run
 
 DEPLOY = ROOT / "deploy" / "kubernetes"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -266,15 +266,7 @@ def test_shipped_config_passes_config_check_with_the_created_secrets_files(
     local_config.write_text(
         text.replace("/etc/windsurf-exporter/", f"{tmp_path}/etc/windsurf-exporter/")
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter", "--config.check", f"--config.file={local_config}"],
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run("--config.check", f"--config.file={local_config}")
     assert (result.returncode, result.stdout) == (
         0,
         f"OK: {local_config} is valid (1 group(s), 2 window(s))\n",
