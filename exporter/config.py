@@ -289,7 +289,7 @@ WEB_CONFIG_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 _NOT_IMPLEMENTED = "not implemented by windsurf-exporter; remove it"
 WEB_CONFIG_UNSUPPORTED: Mapping[str, str] = MappingProxyType(
     {
-        "cipher_suites": f"{_NOT_IMPLEMENTED} (Python's TLS 1.2+ defaults apply)",
+        "cipher_suites": f"{_NOT_IMPLEMENTED} (Python's default ciphers apply)",
         "curve_preferences": f"{_NOT_IMPLEMENTED} (Python's TLS defaults apply)",
         "prefer_server_cipher_suites": f"{_NOT_IMPLEMENTED} (the server's order applies)",
         "client_allowed_sans": _NOT_IMPLEMENTED,
