@@ -349,17 +349,40 @@ class _Reader:
                 expected = ", ".join(sorted(allowed))
                 self.fail(f"{prefix}{key}", f"unknown key (expected one of: {expected})")
 
-    def duration(
-        self, raw: Mapping[str, Any], key: str, path: str, default: float, minimum: float = 0.0
-    ) -> float:
+    def typed(
+        self,
+        raw: Mapping[str, Any],
+        key: str,
+        path: str,
+        default: _T,
+        accept: Callable[[Any], bool],
+        wanted: str,
+    ) -> _T:
+        """The value at `key`, `default` when absent or when `accept` refuses it (reported)."""
         value = raw.get(key)
         if value is None:
             return default
-        if not isinstance(value, str):
-            self.fail(path, f"{value!r} is not a duration; write it with a unit, e.g. 30s, 5m, 1h")
+        if not accept(value):
+            self.fail(path, f"{value!r} {wanted}")
+            return default
+        result: _T = value
+        return result
+
+    def duration(
+        self, raw: Mapping[str, Any], key: str, path: str, default: float, minimum: float = 0.0
+    ) -> float:
+        text: str | None = self.typed(
+            raw,
+            key,
+            path,
+            None,
+            lambda v: isinstance(v, str),
+            "is not a duration; write it with a unit, e.g. 30s, 5m, 1h",
+        )
+        if text is None:
             return default
         try:
-            seconds = parse_duration(value)
+            seconds = parse_duration(text)
         except ValueError as err:
             self.fail(path, str(err))
             return default
@@ -371,22 +394,19 @@ class _Reader:
     def integer(
         self, raw: Mapping[str, Any], key: str, path: str, default: int, minimum: int
     ) -> int:
-        value = raw.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(path, f"{value!r} must be a whole number of at least {minimum}")
-            return default
-        return value
+        return self.typed(
+            raw,
+            key,
+            path,
+            default,
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+            f"must be a whole number of at least {minimum}",
+        )
 
     def boolean(self, raw: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        value = raw.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(path, f"{value!r} must be true or false")
-            return default
-        return value
+        return self.typed(
+            raw, key, path, default, lambda v: isinstance(v, bool), "must be true or false"
+        )
 
     def choice(
         self, raw: Mapping[str, Any], key: str, path: str, options: Mapping[str, _T], default: _T
