@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--web.max-requests",
         dest="max_requests",
         type=_natural,
-        default=10,
+        default=8,
         metavar="N",
-        help="scrapes served at once, more get 503; 0 for no limit (default 10)",
+        help="/metrics renders in memory at once (scrapes arriving during a render share it);"
+        " a scrape that would need one more gets 503; 0 for no limit (default 8)",
     )
     add(
         "--log.level",

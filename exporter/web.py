@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,7 +152,7 @@ class App:
     web: WebConfig = field(default_factory=WebConfig)
     lifecycle: bool = False  # --web.enable-lifecycle: POST /-/reload allowed
     max_connections: int = 64  # --web.max-connections
-    max_requests: int = 10  # --web.max-requests: scrapes served at once, 0 for no limit
+    max_requests: int = 8  # --web.max-requests: distinct renders in use at once, 0: no limit
     header_timeout: float = 5.0  # from accept (or the request line) to the end of the headers
     idle_timeout: float = 60.0  # a keep-alive connection waiting for its next request
     write_timeout: float = 60.0  # a whole answer, however slowly the client reads
@@ -245,12 +245,14 @@ class RateLimitedLog:
 class _Flight:
     done: threading.Event = field(default_factory=threading.Event)
     body: bytes | None = None
+    users: int = 0  # scrapes waiting for or sending this body
 
 
 class Scrapes:
-    """Renders for /metrics. Scrapes that arrive while a render of the same format runs wait for
-    it and share its bytes (one body in memory, not one per scraper); at most `limit` scrapes
-    are served at once (0: no limit), so memory is bounded whatever the number of scrapers."""
+    """Renders for /metrics, bounded in memory whatever the number of scrapers. Scrapes that
+    arrive while a render of the same format runs wait for it and share its bytes (one body,
+    not one per scraper); at most `limit` bodies (0: no limit) are in use at once, each until
+    its last scraper has been sent it, so slow readers cannot pile up copies."""
 
     def __init__(self, render: Callable[[bool, bool], bytes], limit: int) -> None:
         self._render = render
@@ -258,39 +260,51 @@ class Scrapes:
         self._flights: dict[tuple[bool, bool], _Flight] = {}
         self._lock = threading.Lock()
 
-    @contextmanager
-    def slot(self) -> Iterator[bool]:
-        """Whether this scrape may be served now; the slot is held until the answer is sent."""
-        if self._slots is None:
-            yield True
-            return
-        got = self._slots.acquire(blocking=False)
-        try:
-            yield got
-        finally:
-            if got:
-                self._slots.release()
+    def users(self, openmetrics: bool, gzip: bool) -> int:
+        """How many scrapes share the render of this format now running (0: none runs)."""
+        with self._lock:
+            flight = self._flights.get((openmetrics, gzip))
+            return flight.users if flight else 0
 
-    def body(self, openmetrics: bool, gzip: bool) -> bytes:
-        """The exposition in this format: rendered here, or by the render already running."""
-        key = (openmetrics, gzip)
+    def _join(self, key: tuple[bool, bool]) -> tuple[_Flight | None, bool]:
+        """The render of this format to wait for, or a new one to run (if a slot is free)."""
         with self._lock:
             flight = self._flights.get(key)
             leader = flight is None
             if flight is None:
+                if self._slots is not None and not self._slots.acquire(blocking=False):
+                    return None, False
                 flight = self._flights[key] = _Flight()
-        if leader:
-            try:
-                flight.body = self._render(openmetrics, gzip)
-            finally:
-                with self._lock:
-                    del self._flights[key]
-                flight.done.set()
-        else:
+            flight.users += 1
+            return flight, leader
+
+    @contextmanager
+    def body(self, openmetrics: bool, gzip: bool) -> Iterator[bytes | None]:
+        """The exposition in this format, rendered here or by the render already running,
+        held while the block sends it; None when `limit` bodies are already in use."""
+        key = (openmetrics, gzip)
+        flight, leader = self._join(key)
+        if flight is None:
+            yield None
+            return
+        try:
+            if leader:
+                try:
+                    flight.body = self._render(openmetrics, gzip)
+                finally:
+                    with self._lock:
+                        del self._flights[key]  # scrapes from now on get a fresh render
+                    flight.done.set()
             flight.done.wait()
-        if flight.body is None:
-            raise RuntimeError("the shared render failed")  # the leader logged why
-        return flight.body
+            if flight.body is None:
+                raise RuntimeError("the shared render failed")
+            yield flight.body
+        finally:
+            with self._lock:
+                flight.users -= 1
+                last = flight.users == 0
+            if last and self._slots is not None:
+                self._slots.release()
 
 
 _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110 section 12.4.2
@@ -660,19 +674,19 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":  # the headers a GET would get, without rendering the body
             self._send(HTTPStatus.OK, b"", content_type, headers)
             return
-        with self.server.scrapes.slot() as free:
-            if not free:
+        with ExitStack() as held:
+            try:
+                body = held.enter_context(self.server.scrapes.body(openmetrics, gzip))
+            except Exception:
+                log.exception("rendering metrics failed")
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"error rendering metrics\n")
+                return
+            if body is None:
                 self._send(
                     HTTPStatus.SERVICE_UNAVAILABLE,
                     b"Too many scrapes at once (--web.max-requests)\n",
                     headers={"Retry-After": "1"},
                 )
-                return
-            try:
-                body = self.server.scrapes.body(openmetrics, gzip)
-            except Exception:
-                log.exception("rendering metrics failed")
-                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"error rendering metrics\n")
                 return
             self._send(HTTPStatus.OK, body, content_type, headers)
 
