@@ -1,0 +1,367 @@
+"""A hostile network, no credentials needed: many or slow scrapers, slowloris under a low
+descriptor limit, malformed requests and HTTP corner cases. Memory is the real process's peak
+RSS (VmHWM) with a 20,000-user team from the fake API."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from exporter.demo import FakeWindsurf, synthetic_team
+from exporter.web import Scrapes
+from tests.conftest import Process, Running, samples, wait_for
+from tests.test_process import config_for, output, web_config
+
+BIG_TEAM = 20_000
+
+
+# --- Reading the real process ---
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far, in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in USER_HZ ticks
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    assert parts.port is not None
+    return str(parts.hostname), parts.port
+
+
+def exchange(running: Running, data: bytes) -> bytes:
+    """Send raw bytes to the exporter and read its answer until it closes the connection."""
+    with socket.create_connection(address(running.url), timeout=10) as conn:
+        conn.sendall(data)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+# --- Many scrapers share one render ---
+
+
+def test_scrapes_arriving_during_a_render_share_its_bytes() -> None:
+    release = threading.Event()
+    calls: list[tuple[bool, bool]] = []
+
+    def render(openmetrics: bool, gzip: bool) -> bytes:
+        calls.append((openmetrics, gzip))
+        release.wait(10)
+        return b"exposition %d" % len(calls)
+
+    scrapes = Scrapes(render, limit=1)
+    bodies: list[bytes | None] = []
+
+    def scrape() -> None:
+        with scrapes.body(False, True) as body:
+            bodies.append(body)
+
+    threads = [threading.Thread(target=scrape) for _ in range(20)]
+    threads[0].start()
+    wait_for(lambda: calls, what="the first render")
+    for thread in threads[1:]:
+        thread.start()
+    wait_for(lambda: scrapes.users(False, True) == 20, what="every scrape joined the render")
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert calls == [(False, True)]
+    assert len(bodies) == 20
+    assert all(body is bodies[0] for body in bodies), "one shared object, not copies"
+
+
+def test_a_render_beyond_the_limit_is_refused_while_the_bodies_are_in_use() -> None:
+    scrapes = Scrapes(lambda openmetrics, gzip: b"%d" % openmetrics, limit=1)
+    with scrapes.body(False, False) as text:
+        assert text == b"0"
+        with scrapes.body(True, False) as other:
+            assert other is None, "a second body in memory would pass the limit"
+    with scrapes.body(True, False) as other:
+        assert other == b"1", "the slot is free again once the first body was sent"
+
+
+# --- Malformed requests: a status line, a 4xx, no traceback, a rate-limited debug line ---
+
+
+@pytest.fixture
+def running(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+) -> Running:
+    config = write_config(config_for(fake_api, ["engineering"]))
+    return start_exporter("--config.file", str(config), "--web.enable-lifecycle")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /metrics\r\n\r\n", b"400"),  # HTTP/0.9: would be a bare body
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1 extra\r\n\r\n", b"400"),
+        (b"GET / HTTP/2.0\r\n\r\n", b"505"),
+        (b"GET / HTTP/1.x\r\n\r\n", b"400"),
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: " + b"9" * 4301 + b"\r\n\r\n", b"400"),
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n", b"400"),
+        (b"GET /metrics HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", b"400"),
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: 100000\r\n\r\n", b"413"),
+        (b"PUT /-/reload HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"405"),
+    ],
+    ids=[
+        "http-0.9",
+        "garbage",
+        "four-words",
+        "http-2",
+        "bad-version",
+        "4301-digit-length",
+        "two-lengths",
+        "two-lengths-on-get",
+        "negative-length",
+        "large-body",
+        "put-reload",
+    ],
+)
+def test_a_malformed_request_gets_a_status_line_and_a_4xx_without_a_traceback(
+    running: Running,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    request_bytes: bytes,
+    status: bytes,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    answer = exchange(running, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" ")
+    assert b"Connection: close" in answer
+    assert b"<html" not in answer.lower()
+    assert running.scrape("/-/healthy").status_code == 200
+    assert "config reloaded" not in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+def test_a_flood_of_malformed_requests_logs_a_few_debug_lines(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="exporter.web")
+    for _ in range(100):
+        assert exchange(running, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    errors = [
+        r for r in caplog.records if "GARBAGE" in r.getMessage() and "code 400" in r.getMessage()
+    ]
+    assert 1 <= len(errors) <= 10
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "exporter.web")
+
+
+def test_a_password_longer_than_bcrypt_takes_is_a_401(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    web = tmp_path / "web.yaml"
+    web_config(web, "old password")
+    config = write_config(config_for(fake_api, ["engineering"]))
+    running = start_exporter("--config.file", str(config), "--web.config.file", str(web))
+    response = httpx.get(running.url + "/metrics", auth=("prometheus", "x" * 100))
+    assert response.status_code == 401
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+# --- HTTP details ---
+
+
+def test_the_server_header_names_no_python_version(running: Running) -> None:
+    assert running.scrape("/-/healthy").headers["server"] == "windsurf-exporter"
+    assert b"Python" not in exchange(running, b"GARBAGE\r\n\r\n")
+
+
+def test_head_metrics_answers_the_headers_without_rendering(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = running.exporter.app.collector
+    renders: list[bool] = []
+    real = collector.render
+
+    def spy(*args: Any) -> bytes:
+        renders.append(True)
+        return real(*args)
+
+    monkeypatch.setattr(collector, "render", spy)
+    head = httpx.head(running.url + "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert head.status_code == 200
+    assert head.headers["content-encoding"] == "gzip"
+    assert head.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert renders == []
+    assert running.scrape().status_code == 200
+    assert renders == [True]
+
+
+# --- Slowloris under the systemd-like descriptor limit, scaled down ---
+
+NOFILE = 128  # the child's descriptor limit; the default cap of 64 clients fits under it
+HELD = 180  # more half-sent requests than the child has descriptors
+
+
+def half_sent(to: tuple[str, int], index: int) -> socket.socket:
+    """A client that sends a request without the blank line that ends its headers, and waits."""
+    conn = socket.create_connection(to, timeout=10)
+    if index % 2:
+        conn.sendall(b"POST /-/reload?held HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n")
+    else:
+        conn.sendall(b"GET /metrics?held HTTP/1.1\r\nHost: x\r\n")
+    return conn
+
+
+def closed_by_peer(conn: socket.socket, within: float) -> bool:
+    conn.settimeout(within)
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_slowloris_starves_neither_polls_nor_the_cpu_and_half_requests_never_run(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    exporter_process: Callable[..., Process],
+) -> None:
+    config = write_config(config_for(fake_api, ["engineering"]))
+    process = exporter_process(
+        *("--config.file", str(config), "--log.level", "debug", "--web.enable-lifecycle"),
+        command=["prlimit", f"--nofile={NOFILE}:{NOFILE}", sys.executable, "-m", "exporter"],
+    )
+    pid = process.proc.pid
+    wait_for(lambda: httpx.get(process.url + "/-/ready").status_code == 200, what="first poll")
+    fds = open_fds(pid)
+    polls = len(fake_api.requests_for("engineering"))
+    started, cpu = time.monotonic(), cpu_seconds(pid)
+    held = [half_sent(address(process.url), i) for i in range(HELD)]
+    try:
+        wait_for(
+            lambda: len(fake_api.requests_for("engineering")) >= polls + 3,
+            timeout=20,
+            what="polls going on during the attack",
+        )
+        busy = (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
+        assert busy < 0.5, f"the exporter used {busy:.0%} of a core while held"
+        assert closed_by_peer(held[0], within=15), "headers have a deadline"
+    finally:
+        for conn in held:
+            conn.close()
+    wait_for(lambda: open_fds(pid) <= fds + 2, timeout=30, what="every held client handled")
+    metrics = samples(httpx.get(process.url + "/metrics", timeout=10).text)
+    assert metrics['windsurf_up{group="engineering"}'] == 1
+    log = output(process)
+    assert "Too many open files" not in log
+    assert "?held" not in log, "a half-sent request was served"
+    assert "config reloaded" not in log
+    assert "Traceback" not in log
+
+
+# --- Memory with a 20,000-user team ---
+
+
+@pytest.fixture(scope="module")
+def big_api() -> Iterator[FakeWindsurf]:
+    with FakeWindsurf(team=synthetic_team(BIG_TEAM, groups=("engineering",))) as fake:
+        yield fake
+
+
+@pytest.fixture
+def big(
+    big_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    exporter_process: Callable[..., Process],
+) -> tuple[Process, int]:
+    """The real process polling the big team once (no poll during the test), and the size of
+    its plain-text exposition after a first scrape of each kind."""
+    config = write_config(
+        {"api": {"url": big_api.url, "timeout": "60s"}, "groups": ["engineering"]}
+    )
+    process = exporter_process("--config.file", str(config), "--web.max-requests", "2")
+    wait_for(
+        lambda: httpx.get(process.url + "/-/ready").status_code == 200,
+        timeout=60,
+        what="first poll",
+    )
+    plain = httpx.get(process.url + "/metrics", headers={"Accept-Encoding": "identity"}, timeout=60)
+    assert httpx.get(process.url + "/metrics", timeout=60).status_code == 200  # gzip
+    return process, len(plain.content)
+
+
+def scrape_all(url: str, count: int, **headers: str) -> list[int]:
+    """`count` scrapes at once, each read whole; their status codes."""
+    codes: list[int] = []
+    barrier = threading.Barrier(count)
+
+    def scrape() -> None:
+        barrier.wait()
+        codes.append(httpx.get(url + "/metrics", headers=headers, timeout=60).status_code)
+
+    threads = [threading.Thread(target=scrape) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return codes
+
+
+def test_fifty_gzip_scrapes_right_after_a_reload_share_one_render(big: tuple[Process, int]) -> None:
+    process, plain = big
+    before = peak_rss(process.proc.pid)
+    process.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded" in output(process), what="the reload")
+    codes = scrape_all(process.url, 50, **{"Accept-Encoding": "gzip"})
+    assert codes == [200] * 50
+    grown = peak_rss(process.proc.pid) - before
+    assert grown < 2 * plain, f"peak RSS grew {grown >> 20} MiB ({plain >> 20} MiB exposition)"
+
+
+def test_slow_readers_hold_at_most_the_limit_of_bodies(big: tuple[Process, int]) -> None:
+    process, plain = big
+    before = peak_rss(process.proc.pid)
+    readers = []
+    for _ in range(40):
+        conn = socket.socket()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(60)
+        conn.connect(address(process.url))
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+        readers.append(conn)
+    try:
+        answers = [conn.recv(12) for conn in readers]  # then they stop reading
+        assert all(a in (b"HTTP/1.1 200", b"HTTP/1.1 503") for a in answers), answers
+        assert b"HTTP/1.1 200" in answers
+        grown = peak_rss(process.proc.pid) - before
+    finally:
+        for conn in readers:
+            conn.close()
+    # --web.max-requests 2: two bodies at most, plus what rendering one needs.
+    assert grown < 3 * plain, f"peak RSS grew {grown >> 20} MiB ({plain >> 20} MiB exposition)"
+    assert httpx.get(process.url + "/metrics", timeout=60).status_code == 200
