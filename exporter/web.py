@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -351,6 +351,7 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 _RESERVED_FDS = 64  # descriptors kept for polls, logs and the listener, whatever the clients do
 _ACCEPT_PAUSE = 0.1  # how long the accept loop waits for a free slot or after EMFILE
+_EVICT_AFTER = 1.0  # when every slot is taken, clients silent this long make way for others
 
 
 def connection_cap(wanted: int) -> int:
@@ -381,6 +382,8 @@ class Server(ThreadingHTTPServer):
         self.scrapes = Scrapes(self._render, app.max_requests)
         self.slots = threading.BoundedSemaphore(connection_cap(app.max_connections))
         self.errors = RateLimitedLog(log)
+        self._waiting: dict[socket.socket, float] = {}  # clients between requests, and since when
+        self._waiting_lock = threading.Lock()
         self.active = 0  # requests being answered; idle keep-alive connections do not count
         self.idle = threading.Condition()
         self.stopping = False
@@ -405,6 +408,7 @@ class Server(ThreadingHTTPServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept one client if a slot is free; an OSError tells socketserver to try later."""
         if not self.slots.acquire(timeout=_ACCEPT_PAUSE):
+            self._evict()
             raise OSError(errno.EAGAIN, "every connection slot is taken")
         try:
             return self.socket.accept()
@@ -414,6 +418,25 @@ class Server(ThreadingHTTPServer):
                 self.errors.debug("out of file descriptors, accept paused", err=str(err))
                 time.sleep(_ACCEPT_PAUSE)  # the listener stays readable: do not spin on it
             raise
+
+    def waiting(self, conn: socket.socket, waits: bool) -> None:
+        """Mark a client as waiting for (or sending) its next request's headers, or not."""
+        with self._waiting_lock:
+            if waits:
+                self._waiting[conn] = time.monotonic()
+            else:
+                self._waiting.pop(conn, None)
+
+    def _evict(self) -> None:
+        """Someone waits to be accepted and every slot is taken: hang up on the clients that
+        have been idle or trickling headers for a while (slowloris, idle keep-alives); their
+        half-sent requests are dropped, never served."""
+        cutoff = time.monotonic() - _EVICT_AFTER
+        with self._waiting_lock:
+            stale = [conn for conn, since in self._waiting.items() if since < cutoff]
+        for conn in stale:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def shutdown_request(self, request: Any) -> None:
         """Called exactly once per accepted client, whatever happened to it."""
@@ -522,6 +545,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._reader.within(app.header_timeout)  # the first request: counted from accept
         self.rfile = io.BufferedReader(self._reader)
         self._body = 0
+        self.server.waiting(self.connection, True)
+
+    def finish(self) -> None:
+        self.server.waiting(self.connection, False)
+        super().finish()
 
     def version_string(self) -> str:
         return self.server_version
@@ -535,16 +563,17 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         super().handle_one_request()
         self._reader.deadline = None  # the next request line may come after an idle wait
+        self.server.waiting(self.connection, True)
 
     def parse_request(self) -> bool:
         """The request line and headers, whole and within the deadline; the framing checked."""
         self._reader.within(self.server.app.header_timeout)
-        if not super().parse_request():
-            return False
-        if self._reader.eof:  # the client hung up mid-headers: half a request is no request
+        if self._reader.eof or not super().parse_request() or self._reader.eof:
+            # a client that hung up (or was hung up on) mid-request sent no request at all
             self.close_connection = True
             return False
         self._reader.deadline = None
+        self.server.waiting(self.connection, False)
         if len(self.requestline.split()) != 3:
             self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 is not supported")
             return False

@@ -270,6 +270,8 @@ def test_slowloris_starves_neither_polls_nor_the_cpu_and_half_requests_never_run
         )
         busy = (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
         assert busy < 0.5, f"the exporter used {busy:.0%} of a core while held"
+        during = httpx.get(process.url + "/metrics", timeout=10)  # idle clients make way
+        assert 'windsurf_up{group="engineering"} 1' in during.text
         assert closed_by_peer(held[0], within=15), "headers have a deadline"
     finally:
         for conn in held:
