@@ -222,6 +222,27 @@ def test_head_metrics_answers_the_headers_without_rendering(
     assert renders == [True]
 
 
+def test_headers_sent_a_byte_at_a_time_meet_a_deadline_and_never_run(running: Running) -> None:
+    running.exporter.app.header_timeout = 0.5
+    config = running.exporter.config
+    with socket.create_connection(address(running.url), timeout=10) as conn:
+        conn.sendall(b"POST /-/reload HTTP/1.1\r\nContent-Length: 0\r\n")
+
+        def trickled_until_closed() -> bool:
+            try:
+                if conn.recv(1, socket.MSG_DONTWAIT) == b"":
+                    return True
+            except BlockingIOError:
+                conn.send(b"X")  # one more byte of a header line that never ends
+                return False
+            except ConnectionResetError:
+                return True
+            raise AssertionError("the server answered a request it never received whole")
+
+        wait_for(trickled_until_closed, timeout=10, what="the server to hang up")
+    assert running.exporter.config is config, "no reload ran"
+
+
 # --- Slowloris under the systemd-like descriptor limit, scaled down ---
 
 NOFILE = 128  # the child's descriptor limit; the default cap of 64 clients fits under it
