@@ -560,6 +560,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_error(self, format: str, *args: Any) -> None:
         self.server.errors.debug(format % args, client=self.client_address[0])
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Refused requests share the rate limit of errors: a flood of them is a few lines."""
+        if str(code).isdigit() and int(code) >= 400:
+            self.log_error('"%s" %s %s', self.requestline, str(int(code)), size)
+        else:
+            super().log_request(code, size)
+
     def handle_one_request(self) -> None:
         super().handle_one_request()
         self._reader.deadline = None  # the next request line may come after an idle wait

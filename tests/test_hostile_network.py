@@ -170,10 +170,8 @@ def test_a_flood_of_malformed_requests_logs_a_few_debug_lines(
     caplog.set_level(logging.DEBUG, logger="exporter.web")
     for _ in range(100):
         assert exchange(running, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
-    errors = [
-        r for r in caplog.records if "GARBAGE" in r.getMessage() and "code 400" in r.getMessage()
-    ]
-    assert 1 <= len(errors) <= 10
+    lines = [r for r in caplog.records if "GARBAGE" in r.getMessage()]
+    assert 1 <= len(lines) <= 10, "a flood is a few lines, not two per request"
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "exporter.web")
 
 
