@@ -5,6 +5,7 @@ RSS (VmHWM) with a 20,000-user team from the fake API."""
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import socket
 import sys
@@ -386,3 +387,48 @@ def test_slow_readers_hold_at_most_the_limit_of_bodies(big: tuple[Process, int])
     # --web.max-requests 2: two bodies at most, plus what rendering one needs.
     assert grown < 3 * plain, f"peak RSS grew {grown >> 20} MiB ({plain >> 20} MiB exposition)"
     assert httpx.get(process.url + "/metrics", timeout=60).status_code == 200
+
+
+def test_the_connection_cap_leaves_descriptors_for_polls_under_a_low_limit(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    exporter_process: Callable[..., Process],
+) -> None:
+    config = write_config(config_for(fake_api, ["engineering"]))
+    process = exporter_process(
+        "--config.file",
+        str(config),
+        command=["prlimit", "--nofile=100:100", sys.executable, "-m", "exporter"],
+    )
+    line = next(x for x in process.lines if "--web.max-connections lowered" in x)
+    assert "cap=36" in line
+    assert "wanted=64" in line
+
+
+def polls_tried(process: Process, fake: FakeWindsurf) -> int:
+    """Polls that reached the fake API plus polls that failed before (one log line each)."""
+    return len(fake.requests_for("engineering")) + output(process).count("next attempt in")
+
+
+def test_out_of_descriptors_the_accept_loop_pauses_instead_of_spinning(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    exporter_process: Callable[..., Process],
+) -> None:
+    config = write_config(config_for(fake_api, ["engineering"]))
+    process = exporter_process("--config.file", str(config), "--log.level", "debug")
+    pid = process.proc.pid
+    wait_for(lambda: httpx.get(process.url + "/-/ready").status_code == 200, what="first poll")
+    room = open_fds(pid) + 5
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (room, room))  # lower than the cap allows
+    held = [half_sent(address(process.url), 0) for _ in range(20)]
+    try:
+        wait_for(lambda: "out of file descriptors" in output(process), what="EMFILE")
+        started, cpu = time.monotonic(), cpu_seconds(pid)
+        polls = polls_tried(process, fake_api)
+        wait_for(lambda: polls_tried(process, fake_api) >= polls + 2, timeout=20, what="polls")
+        busy = (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
+        assert busy < 0.5, f"the exporter used {busy:.0%} of a core out of descriptors"
+    finally:
+        for conn in held:
+            conn.close()
