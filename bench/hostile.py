@@ -29,14 +29,20 @@ from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, synthetic_team
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def peak_mib(pid: int) -> float:
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in bytes."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def peak_mib(pid: int) -> float:
+    return peak_rss(pid) / 2**20
 
 
 def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / 100
+    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in USER_HZ ticks
 
 
 @contextmanager
@@ -84,6 +90,7 @@ def exporter(
 
 
 def concurrent(url: str, count: int, **headers: str) -> list[int]:
+    """`count` scrapes at once, each read whole; their status codes."""
     codes: list[int] = []
     barrier = threading.Barrier(count)
 

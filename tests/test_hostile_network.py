@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from bench.hostile import concurrent, cpu_seconds, peak_rss
 from exporter.demo import FakeWindsurf, synthetic_team
 from exporter.web import Scrapes
 from tests.conftest import Process, Running, samples, wait_for
@@ -28,18 +29,6 @@ BIG_TEAM = 20_000
 
 
 # --- Reading the real process ---
-
-
-def peak_rss(pid: int) -> int:
-    """The process's peak resident memory so far, in bytes."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) * 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in USER_HZ ticks
 
 
 def open_fds(pid: int) -> int:
@@ -244,6 +233,27 @@ def test_headers_sent_a_byte_at_a_time_meet_a_deadline_and_never_run(running: Ru
 
 # --- Slowloris under the systemd-like descriptor limit, scaled down ---
 
+
+@pytest.fixture
+def small(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    exporter_process: Callable[..., Process],
+) -> Callable[..., Process]:
+    """The real process polling the small team every second, with debug logs, under an
+    optional RLIMIT_NOFILE set in the child (by prlimit, before Python starts)."""
+
+    def start(*flags: str, nofile: int | None = None) -> Process:
+        config = write_config(config_for(fake_api, ["engineering"]))
+        limit = ["prlimit", f"--nofile={nofile}:{nofile}"] if nofile else []
+        return exporter_process(
+            *("--config.file", str(config), "--log.level", "debug", *flags),
+            command=[*limit, sys.executable, "-m", "exporter"],
+        )
+
+    return start
+
+
 NOFILE = 128  # the child's descriptor limit; the default cap of 64 clients fits under it
 HELD = 180  # more half-sent requests than the child has descriptors
 
@@ -267,15 +277,9 @@ def closed_by_peer(conn: socket.socket, within: float) -> bool:
 
 
 def test_slowloris_starves_neither_polls_nor_the_cpu_and_half_requests_never_run(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    exporter_process: Callable[..., Process],
+    fake_api: FakeWindsurf, small: Callable[..., Process]
 ) -> None:
-    config = write_config(config_for(fake_api, ["engineering"]))
-    process = exporter_process(
-        *("--config.file", str(config), "--log.level", "debug", "--web.enable-lifecycle"),
-        command=["prlimit", f"--nofile={NOFILE}:{NOFILE}", sys.executable, "-m", "exporter"],
-    )
+    process = small("--web.enable-lifecycle", nofile=NOFILE)
     pid = process.proc.pid
     wait_for(lambda: httpx.get(process.url + "/-/ready").status_code == 200, what="first poll")
     fds = open_fds(pid)
@@ -337,29 +341,12 @@ def big(
     return process, len(plain.content)
 
 
-def scrape_all(url: str, count: int, **headers: str) -> list[int]:
-    """`count` scrapes at once, each read whole; their status codes."""
-    codes: list[int] = []
-    barrier = threading.Barrier(count)
-
-    def scrape() -> None:
-        barrier.wait()
-        codes.append(httpx.get(url + "/metrics", headers=headers, timeout=60).status_code)
-
-    threads = [threading.Thread(target=scrape) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return codes
-
-
 def test_fifty_gzip_scrapes_right_after_a_reload_share_one_render(big: tuple[Process, int]) -> None:
     process, plain = big
     before = peak_rss(process.proc.pid)
     process.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "config reloaded" in output(process), what="the reload")
-    codes = scrape_all(process.url, 50, **{"Accept-Encoding": "gzip"})
+    codes = concurrent(process.url, 50, **{"Accept-Encoding": "gzip"})
     assert codes == [200] * 50
     grown = peak_rss(process.proc.pid) - before
     assert grown < 2 * plain, f"peak RSS grew {grown >> 20} MiB ({plain >> 20} MiB exposition)"
@@ -390,16 +377,9 @@ def test_slow_readers_hold_at_most_the_limit_of_bodies(big: tuple[Process, int])
 
 
 def test_the_connection_cap_leaves_descriptors_for_polls_under_a_low_limit(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    exporter_process: Callable[..., Process],
+    small: Callable[..., Process],
 ) -> None:
-    config = write_config(config_for(fake_api, ["engineering"]))
-    process = exporter_process(
-        "--config.file",
-        str(config),
-        command=["prlimit", "--nofile=100:100", sys.executable, "-m", "exporter"],
-    )
+    process = small(nofile=100)
     line = next(x for x in process.lines if "--web.max-connections lowered" in x)
     assert "cap=36" in line
     assert "wanted=64" in line
@@ -411,12 +391,9 @@ def polls_tried(process: Process, fake: FakeWindsurf) -> int:
 
 
 def test_out_of_descriptors_the_accept_loop_pauses_instead_of_spinning(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    exporter_process: Callable[..., Process],
+    fake_api: FakeWindsurf, small: Callable[..., Process]
 ) -> None:
-    config = write_config(config_for(fake_api, ["engineering"]))
-    process = exporter_process("--config.file", str(config), "--log.level", "debug")
+    process = small()
     pid = process.proc.pid
     wait_for(lambda: httpx.get(process.url + "/-/ready").status_code == 200, what="first poll")
     room = open_fds(pid) + 5
