@@ -81,7 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
         dest="web_config_file",
         default=None,
         metavar="PATH",
-        help="exporter-toolkit web config: TLS and basic auth",
+        help="exporter-toolkit web config: TLS and basic auth; re-read on reload",
+    )
+    add(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="allow POST /-/reload (off by default, as in Prometheus; SIGHUP always reloads)",
+    )
+    add(
+        "--web.max-connections",
+        dest="max_connections",
+        type=_positive,
+        default=64,
+        metavar="N",
+        help="clients connected at once; more wait to be accepted (default 64)",
+    )
+    add(
+        "--web.max-requests",
+        dest="max_requests",
+        type=_natural,
+        default=8,
+        metavar="N",
+        help="/metrics renders in memory at once (scrapes arriving during a render share it);"
+        " a scrape that would need one more gets 503; 0 for no limit (default 8)",
     )
     add(
         "--log.level",
@@ -104,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--version", action="version", version=f"windsurf-exporter {__version__}")
     return parser
+
+
+def _natural(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    value = _natural(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -222,6 +258,9 @@ class Exporter:
             config_summary=self.summary,
             telemetry_path=args.telemetry_path,
             web=web,
+            lifecycle=args.enable_lifecycle,
+            max_connections=args.max_connections,
+            max_requests=args.max_requests,
         )
         self.server: Server | None = None
 
@@ -260,10 +299,12 @@ class Exporter:
         self.poller.start()
 
     def reload(self) -> tuple[bool, str]:
-        """Re-read the config; a bad one is logged and the running one kept."""
+        """Re-read the config and the web config; if either is bad, it is logged and both
+        running ones are kept."""
         with self._reload_lock:
             try:
                 config = self.load()
+                web = load_web_config(self.args.web_config_file)
             except ConfigError as err:
                 log.error(
                     "config reload failed, keeping the running config: %s",
@@ -272,6 +313,7 @@ class Exporter:
                 )
                 return False, f"reload failed, running config kept:\n{err}"
             self.config = config
+            self.app.web = web
             self.poller.reconfigure(config)
             _announce("config reloaded", config)
             return True, "config reloaded"
