@@ -158,11 +158,11 @@ _MIX = {
     "power": 2,
     "heavy": 10,
     "weekday": 20,
-    "regular": 20,
+    "regular": 25,
     "occasional": 12,
-    "fading": 8,
-    "idle": 10,
-    "never": 5,
+    "fading": 7,
+    "idle": 7,
+    "never": 4,
     "pending": 4,
     "disabled": 3,
     "new": 4,
@@ -773,6 +773,14 @@ class FakeWindsurf:
             found = self._activities.setdefault(member, Activity(member, self.base))
         return found
 
+    def signup(self, member: Member) -> float:
+        return self.base - member.signup_days_ago * DAY
+
+    def idle_since(self, member: Member, now: float) -> float:
+        """When the seat last did anything by `now`: its latest use, else when it joined."""
+        last = self.activity(member).last_any_use(now)
+        return self.signup(member) if last is None else last
+
     def members(self, group: str) -> list[Member]:
         """The people a request for `group` returns ("" is the whole team)."""
         return [m for m in self.team if not group or group in m.groups]
@@ -813,7 +821,7 @@ class FakeWindsurf:
             "lastUpdateTime": _rfc3339(now - 600),
             "apiKey": member.api_key,
             "role": member.role,
-            "signupTime": _rfc3339(self.base - member.signup_days_ago * DAY),
+            "signupTime": _rfc3339(self.signup(member)),
             "teamStatus": member.team_status,
             "activeDays": activity.active_days(*window, now),
             "promptCreditsUsed": str(activity.credits(cycle_start, now)),
