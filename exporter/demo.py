@@ -141,9 +141,9 @@ class Profile:
 
 PROFILES = {
     "power": Profile(0.95, credits=(3000, 5000), chat=(0.85, 0.95)),  # beyond a seat's credits
-    "heavy": Profile(0.92, credits=(800, 2000), chat=(0.7, 0.95)),
-    "weekday": Profile(0.9, credits=(200, 800), weekdays_only=True),
-    "regular": Profile(0.6, credits=(150, 600)),
+    "heavy": Profile(0.92, credits=(600, 1600), chat=(0.7, 0.95)),
+    "weekday": Profile(0.9, credits=(150, 600), weekdays_only=True),
+    "regular": Profile(0.6, credits=(100, 450)),
     "occasional": Profile(0.15, credits=(50, 300)),
     "fading": Profile(0.6, stopped=(8, 25)),  # active in the last 30 days, not in the last 7
     "idle": Profile(0.5, stopped=(20, 120)),
