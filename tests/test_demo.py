@@ -9,6 +9,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -396,13 +397,27 @@ def test_faults_apply_to_one_method_or_to_all() -> None:
         assert call(fake, "GetTeamCreditBalance").status_code == 200
 
 
+Seat = tuple[str, str]
+
+
 def _series(metrics: dict[str, float], name: str) -> Iterator[tuple[dict[str, str], float]]:
     for key, value in metrics.items():
         if key.startswith(name + "{"):
             yield dict(_LABEL.findall(key)), value
 
 
-def test_demo_metrics_tell_one_story_for_every_person() -> None:
+@dataclass
+class DemoScrape:
+    """What --demo's /metrics said at NOW, per seat (group, user), and the team behind it."""
+
+    metrics: dict[str, float]
+    fake: FakeWindsurf
+    last_use: dict[Seat, float]  # the latest of the seat's last-use times
+    active_days: dict[Seat, dict[str, float]]  # by window
+
+
+@pytest.fixture(scope="module")
+def scraped() -> DemoScrape:
     running = launch("--demo", clock=lambda: NOW)
     try:
         metrics = running.metrics()
@@ -410,34 +425,42 @@ def test_demo_metrics_tell_one_story_for_every_person() -> None:
         assert fake is not None
     finally:
         running.exporter.stop()
-    last: dict[tuple[str, str], float] = {}
+    last: dict[Seat, float] = {}
     for labels, value in _series(metrics, "windsurf_user_last_usage_timestamp_seconds"):
         seat = (labels["group"], labels["user"])
         last[seat] = max(value, last.get(seat, 0.0))
-    active: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    active: dict[Seat, dict[str, float]] = defaultdict(dict)
     for labels, value in _series(metrics, "windsurf_user_active_days"):
         active[(labels["group"], labels["user"])][labels["window"]] = value
-    assert len(active) == sum(len(m.groups) for m in fake.team)
-    for seat, days in active.items():
+    return DemoScrape(metrics, fake, last, active)
+
+
+def test_demo_metrics_show_active_days_exactly_where_last_uses_fall(scraped: DemoScrape) -> None:
+    assert len(scraped.active_days) == sum(len(m.groups) for m in scraped.fake.team)
+    for seat, days in scraped.active_days.items():
         assert days["7d"] <= days["30d"], seat
         for window, count in days.items():
-            inside = last.get(seat, 0.0) >= NOW - int(window.removesuffix("d")) * DAY
-            assert (count > 0) == inside, (seat, window)
-    group_active = dict(_series_by_group(metrics, "windsurf_group_active_users"))
-    strictly = [g for g in DEMO_GROUPS if group_active[g, "7d"] < group_active[g, "30d"]]
-    assert all(group_active[g, "7d"] <= group_active[g, "30d"] for g in DEMO_GROUPS)
-    assert strictly, "7d and 30d active users are the same in every group"
+            start = NOW - int(window.removesuffix("d")) * DAY
+            assert (count > 0) == (scraped.last_use.get(seat, 0.0) >= start), (seat, window)
+
+
+def test_demo_group_numbers_count_distinct_people(scraped: DemoScrape) -> None:
     for group in DEMO_GROUPS:
-        people = {u for g, u in active if g == group}
-        assert metrics[f'windsurf_group_users{{group="{group}"}}'] == len(people)
-        assert people == {m.email for m in fake.members(group)}
+        people = {u for g, u in scraped.active_days if g == group}
+        assert people == {m.email for m in scraped.fake.members(group)}
+        assert scraped.metrics[f'windsurf_group_users{{group="{group}"}}'] == len(people)
         for window in ("7d", "30d"):
-            with_days = sum(1 for (g, _), d in active.items() if g == group and d[window] > 0)
-            assert group_active[group, window] == with_days
+            active = sum(1 for u in people if scraped.active_days[group, u][window] > 0)
+            key = f'windsurf_group_active_users{{group="{group}",window="{window}"}}'
+            assert scraped.metrics[key] == active
 
 
-def _series_by_group(
-    metrics: dict[str, float], name: str
-) -> Iterator[tuple[tuple[str, str], float]]:
-    for labels, value in _series(metrics, name):
-        yield (labels["group"], labels["window"]), value
+def test_demo_groups_have_fewer_active_users_in_7_days_than_in_30_in_some_groups(
+    scraped: DemoScrape,
+) -> None:
+    users = {
+        (labels["group"], labels["window"]): value
+        for labels, value in _series(scraped.metrics, "windsurf_group_active_users")
+    }
+    assert all(users[g, "7d"] <= users[g, "30d"] for g in DEMO_GROUPS)
+    assert [g for g in DEMO_GROUPS if users[g, "7d"] < users[g, "30d"]]
