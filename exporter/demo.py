@@ -196,7 +196,6 @@ class Member:
     role: str
     signup_days_ago: float
     stopped_days: int | None  # last use this many days before the fake's start; None: ongoing
-    rate: float  # share of days in use
     shares: tuple[float, float, float]  # of those days, the share with autocomplete/chat/command
     credits_per_day: float  # hundredths of a prompt credit on a typical Cascade day
     seed: int
@@ -267,7 +266,6 @@ def synthetic_team(
                 role="admin" if rng.random() < 0.05 else "member",
                 signup_days_ago=signup,
                 stopped_days=stopped,
-                rate=profile.rate,
                 shares=_shares(profile, rng),
                 credits_per_day=rng.uniform(*profile.credits),
                 seed=rng.getrandbits(64),
@@ -342,8 +340,8 @@ _MODES = (
     ("UNKNOWN", 2),
 )
 _IDES = (("editor", 70), ("jetbrains", 20), ("cli", 10))
-IDE_TYPES = frozenset(ide for ide, _ in _IDES)
-WRITE_MODE = _MODES[0][0]
+_IDE_TYPES = frozenset(ide for ide, _ in _IDES)
+_WRITE_MODE = _MODES[0][0]
 # Tools by uses per message on average; the write-only ones only in the default (write) mode.
 _TOOLS = (
     ("VIEW_FILE", 2.0, False),
@@ -409,7 +407,7 @@ def _run(
     """Lines come from writing in an editor; tools from any mode but no-tool, not from the CLI
     (which reports runs only)."""
     in_editor = conversation.ide != "cli"
-    writes = in_editor and conversation.mode == WRITE_MODE
+    writes = in_editor and conversation.mode == _WRITE_MODE
     suggested = messages * rng.randint(3, 40) if writes else 0
     accepted = round(suggested * rng.choice((0.0, 0.3, 0.5, 0.7, 0.9)))
     tools: tuple[tuple[str, int], ...] = ()
@@ -441,11 +439,12 @@ class Activity:
         first = _day(base - member.signup_days_ago * DAY) + 1 - self.origin
         stopped = member.stopped_days
         last = size - 1 if stopped is None else base_day - stopped - self.origin
-        days = _days_drawn(rng, member.rate, size) & _span(first, last)
-        if PROFILES[member.profile].weekdays_only:
+        profile = PROFILES[member.profile]
+        days = _days_drawn(rng, profile.rate, size) & _span(first, last)
+        if profile.weekdays_only:
             days &= _weekdays(self.origin, size)
         features = [days & _days_drawn(rng, share, size) for share in member.shares]
-        if stopped is not None and member.rate and last >= first:
+        if stopped is not None and profile.rate and last >= first:
             used = next(i for i, share in enumerate(member.shares) if share)
             features[used] |= 1 << last  # their last day in use is the one their profile says
         self.features = tuple(features)
@@ -508,7 +507,8 @@ class Activity:
         )
 
     def credits(self, since: float, now: float) -> int:
-        """Prompt credits (in hundredths) used from `since` to `now`: promptCreditsUsed."""
+        """Prompt credits (in hundredths) used from the UTC day of `since` up to `now`: the
+        billing cycle's promptCreditsUsed when `since` is its start."""
         return sum(self.prompts(d) for d in self.cascade_days(_day(since), _day(now), now))
 
     def runs(self, day: int) -> list[Run]:
@@ -673,9 +673,9 @@ def _queries(body: dict[str, Any]) -> list[Callable[[list[Run]], dict[str, Any]]
 
 
 def _ide_types(body: dict[str, Any]) -> frozenset[str]:
-    ides = body.get("ide_types") or sorted(IDE_TYPES)
-    if not isinstance(ides, list) or not set(ides) <= IDE_TYPES:
-        raise Refused(400, f"ide_types must be a list of {', '.join(sorted(IDE_TYPES))}")
+    ides = body.get("ide_types") or sorted(_IDE_TYPES)
+    if not isinstance(ides, list) or not set(ides) <= _IDE_TYPES:
+        raise Refused(400, f"ide_types must be a list of {', '.join(sorted(_IDE_TYPES))}")
     return frozenset(ides)
 
 
