@@ -430,6 +430,18 @@ class Activity:
     the clock by a few minutes and a day that has not begun yet has no use.
     """
 
+    __slots__ = (
+        "active",
+        "cascade",
+        "conversation_days",
+        "ends",
+        "features",
+        "lag",
+        "member",
+        "origin",
+        "start",
+    )
+
     def __init__(self, member: Member, base: float) -> None:
         rng = random.Random(member.seed)  # noqa: S311 - synthetic data
         self.member = member
