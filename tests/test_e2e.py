@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from exporter.demo import FakeWindsurf, Fault, Member
+from exporter.demo import DEMO_GROUPS, FakeWindsurf, Fault, Member, synthetic_team
 from exporter.model import parse_time
 from tests.conftest import Process, Running, samples, wait_for
 from tests.rows import ALICE as ALICE_ROW
@@ -166,9 +166,11 @@ def test_demo_mode_needs_no_key_and_shows_a_team(
     wait_for(lambda: httpx.get(proc.url + "/-/ready").status_code == 200, what="readiness")
     text = httpx.get(proc.url + "/metrics").text
     metrics = samples(text)
-    for group in ("engineering", "research", "design", "sales", "support"):
+    team = synthetic_team()  # what --demo serves
+    for group in DEMO_GROUPS:
         assert metrics[f'windsurf_up{{group="{group}"}}'] == 1
-        assert metrics[f'windsurf_group_users{{group="{group}"}}'] > 20
+        members = sum(1 for m in team if group in m.groups)
+        assert metrics[f'windsurf_group_users{{group="{group}"}}'] == members
     idle = [v for k, v in metrics.items() if k.startswith("windsurf_user_idle_seconds")]
     assert max(idle) > 20 * 86400  # idle seats exist
     assert any('team_status="USER_TEAM_STATUS_PENDING"' in k for k in metrics)

@@ -4,6 +4,7 @@ Every dashboard query and every rule must work on what it scraped."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from exporter.cli import Exporter
-from exporter.demo import DAY, DEMO_GROUPS, DEMO_SERVICE_KEY, FakeWindsurf, Member, synthetic_team
+from exporter.demo import DAY, DEMO_GROUPS, DEMO_SERVICE_KEY, FakeWindsurf, synthetic_team
 from tests.conftest import launch, wait_for
 from tests.monitoring import (
     Prometheus,
@@ -30,14 +31,55 @@ from tests.monitoring import (
 AGGREGATE_GROUPS = ("ops", "finance")
 # Must match windsurf:threshold:* in rules.yml; the rules test holds the numbers there.
 IDLE_SHARE = 0.15
+IDLE = 14 * DAY
+GRACE = 30 * DAY
 BUCKET = 30 * DAY  # idle_for="30d", the aggregate fallback
+# Data is a poll old when Prometheus evaluates: a seat this close to a threshold may go either way.
+MARGIN = 600.0
+
+Seat = tuple[str, str]
 
 
 @dataclass
 class Stack:
     prometheus: Prometheus
-    demo_team: list[Member]
-    aggregate_team: list[Member]
+    demo: FakeWindsurf
+    aggregate: FakeWindsurf
+
+
+@dataclass
+class IdleSeats:
+    """(group, user) seats idle by the fake team's own histories: those surely idle now, and
+    those within MARGIN of a threshold (either answer is right for them)."""
+
+    sure: set[Seat]
+    unsure: set[Seat]
+
+    def per_group(self, groups: tuple[str, ...]) -> dict[str, int]:
+        return {g: sum(1 for group, _ in self.sure if group == g) for g in groups}
+
+
+def idle_seats(fake: FakeWindsurf, idle: float, grace: float) -> IdleSeats:
+    """Billable seats older than `grace` and idle (since their last use, else signup) longer
+    than `idle`, now."""
+    now = time.time()
+    found = IdleSeats(set(), set())
+    for member in fake.team:
+        if not member.billable:
+            continue
+        idle_for = now - fake.idle_since(member, now)
+        age = now - fake.signup(member)
+        seats = {(g, member.email) for g in member.groups}
+        if abs(idle_for - idle) < MARGIN or abs(age - grace) < MARGIN:
+            found.unsure |= seats
+        elif idle_for > idle and age > grace:
+            found.sure |= seats
+    return found
+
+
+def assert_seats(selected: set[Seat], expected: IdleSeats) -> None:
+    assert expected.sure <= selected
+    assert selected <= expected.sure | expected.unsure
 
 
 def _stop_all(exporters: list[Exporter], fakes: list[FakeWindsurf]) -> None:
@@ -80,7 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         targets = [e.server.url.removeprefix("http://") for e in exporters if e.server]
         prometheus = start_prometheus(tmp / "prometheus", targets)
         _wait_until_rules_ran(prometheus)
-        yield Stack(prometheus, demo.fake.team, aggregate_fake.team)
+        yield Stack(prometheus, demo.fake, aggregate_fake)
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -127,64 +169,58 @@ def test_every_recording_rule_produces_series(stack: Stack) -> None:
     assert empty == []
 
 
-def test_idle_seat_alert_selects_exactly_the_demo_idle_and_never_used_seats(stack: Stack) -> None:
+def test_idle_seat_alert_selects_exactly_the_demo_seats_idle_past_the_grace_period(
+    stack: Stack,
+) -> None:
     selected = _pairs(stack.prometheus.query(alert_expr("WindsurfSeatIdle")))
 
-    expected = {
-        (g, m.email) for m in stack.demo_team if m.profile in ("idle", "never") for g in m.groups
-    }
-    ignored = {m.email for m in stack.demo_team if m.profile in ("pending", "disabled", "new")}
-    assert expected, "the demo team has no idle seats to find"
-    assert selected == expected
-    assert not {user for _, user in selected} & ignored
+    expected = idle_seats(stack.demo, IDLE, GRACE)
+    assert_seats(selected, expected)
+    # Every kind of seat the alert must tell apart is in the demo team.
+    profiles = {m.profile for m in stack.demo.team if any(s[1] == m.email for s in selected)}
+    assert {"idle", "never"} <= profiles
+    spared = {"pending", "disabled", "new", "new-unused", "heavy"}
+    assert not {m.email for m in stack.demo.team if m.profile in spared} & {u for _, u in selected}
 
 
-def _billable(members: list[Member]) -> list[Member]:
-    return [m for m in members if m.profile not in ("pending", "disabled")]
-
-
-def _expected_idle_seats(stack: Stack) -> dict[str, int]:
-    """Per-user groups count idle and never-used seats; aggregate-only groups count billable
-    seats idle longer than the 30d bucket, as the exporter does."""
-    counts = {
-        g: sum(1 for m in stack.demo_team if g in m.groups and m.profile in ("idle", "never"))
-        for g in DEMO_GROUPS
-    }
-    for g in AGGREGATE_GROUPS:
-        counts[g] = sum(
-            1
-            for m in _billable([m for m in stack.aggregate_team if g in m.groups])
-            if (m.profile == "idle" and m.idle_days * DAY > BUCKET)
-            or (m.profile == "never" and m.signup_days_ago * DAY > BUCKET)
-        )
-    return counts
+def _expected_idle_seats(stack: Stack) -> tuple[dict[str, int], dict[str, int]]:
+    """Per group, the idle seats for sure and at most: per-user groups count seats idle past
+    the threshold and the grace period; aggregate-only groups count billable seats idle longer
+    than the 30d bucket, as the exporter does."""
+    demo = idle_seats(stack.demo, IDLE, GRACE)
+    aggregate = idle_seats(stack.aggregate, BUCKET, 0.0)
+    at_least = demo.per_group(DEMO_GROUPS) | aggregate.per_group(AGGREGATE_GROUPS)
+    unsure = IdleSeats(demo.unsure | aggregate.unsure, set())
+    extra = unsure.per_group(DEMO_GROUPS + AGGREGATE_GROUPS)
+    return at_least, {g: n + extra[g] for g, n in at_least.items()}
 
 
 def test_group_idle_seats_use_aggregates_when_per_user_series_are_absent(stack: Stack) -> None:
     idle = _by_group(stack.prometheus.query("windsurf:group_idle_seats"))
-    assert idle == _expected_idle_seats(stack)
+    at_least, at_most = _expected_idle_seats(stack)
+    assert set(idle) == set(at_least)
+    for group, count in idle.items():
+        assert at_least[group] <= count <= at_most[group], group
     assert not stack.prometheus.query('windsurf_user_info{group=~"ops|finance"}')
 
 
 def test_idle_share_alert_selects_the_groups_over_the_threshold(stack: Stack) -> None:
     billable = {
-        g: len(_billable([m for m in team if g in m.groups]))
-        for team, groups in (
-            (stack.demo_team, DEMO_GROUPS),
-            (stack.aggregate_team, AGGREGATE_GROUPS),
-        )
+        g: sum(1 for m in fake.members(g) if m.billable)
+        for fake, groups in ((stack.demo, DEMO_GROUPS), (stack.aggregate, AGGREGATE_GROUPS))
         for g in groups
     }
-    expected = {
-        g for g, idle in _expected_idle_seats(stack).items() if idle / billable[g] > IDLE_SHARE
-    }
+    at_least, at_most = _expected_idle_seats(stack)
+    surely = {g for g, idle in at_least.items() if idle / billable[g] > IDLE_SHARE}
+    maybe = {g for g, idle in at_most.items() if idle / billable[g] > IDLE_SHARE}
 
     selected = _by_group(stack.prometheus.query(alert_expr("WindsurfGroupIdleSeatsHigh")))
 
-    assert set(selected) == expected
+    assert surely <= set(selected) <= maybe
     # The data must be able to tell the groups apart: one aggregate-only group over, one under.
     assert set(selected) & set(AGGREGATE_GROUPS), "no aggregate-only group is over the threshold"
     assert set(AGGREGATE_GROUPS) - set(selected), "every group is over the threshold"
+    assert set(DEMO_GROUPS) - set(selected), "every demo group is over the threshold"
 
 
 def _variable_values(stack: Stack, selection: str) -> dict[str, str]:
@@ -240,7 +276,14 @@ def test_idle_seat_table_rows_are_the_alerted_seats_with_their_details(stack: St
     alerted = _pairs(stack.prometheus.query(alert_expr("WindsurfSeatIdle")))
     assert _pairs(days) == alerted
     assert _pairs(signup) == alerted
-    never = {(g, m.email) for m in stack.demo_team if m.profile == "never" for g in m.groups}
+    now = time.time()
+    never = {
+        (g, m.email)
+        for m in stack.demo.team
+        if stack.demo.activity(m).last_any_use(now) is None
+        for g in m.groups
+    }
+    assert never & alerted, "no never-used seat is alerted"
     assert _pairs(last_feature) == alerted - never
     for row in days:
         assert float(row["value"][1]) > 14, row
