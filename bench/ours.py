@@ -1,6 +1,7 @@
 """windsurf-exporter as it runs in production (`cli.Exporter`), plus the one probe the benchmark
-needs: how long each group's poll spends between the upstream response and the published
-Snapshot. Run by bench/run.py with the same protocol as bench/baseline.py:
+needs: how long each group's poll spends between the upstream's JSON and the published Snapshot.
+The probe uses the Poller's public seams (its client factory and `on_published`). Run by
+bench/run.py with the same protocol as bench/baseline.py:
 
     python bench/ours.py --config.file config.yaml
 
@@ -10,57 +11,63 @@ and exits when stdin closes.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import threading
 import time
-from typing import Any
-
-import httpx
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from exporter import cli
 from exporter.api import Client, Clocks
 from exporter.config import Config
-from exporter.model import Page
-from exporter.poller import Poller
+from exporter.poller import Poller, Published, log_published
+from exporter.sources import Request
 
+T = TypeVar("T")
 # Each group is polled in a thread of its own, so the probe keeps its clock per thread.
 _probe = threading.local()
 
 
 class TimedClient(Client):
-    """Times what follows each response: decoding it into a Page."""
+    """Times what follows each reply: parsing it, and from the last one on."""
 
-    def _decode(self, response: httpx.Response, content: bytes) -> Page:
-        started = time.perf_counter()
-        try:
-            return super()._decode(response, content)
-        finally:
-            _probe.spent = getattr(_probe, "spent", 0.0) + time.perf_counter() - started
-            _probe.decoded = time.perf_counter()
+    def call(
+        self,
+        request: Request,
+        parse: Callable[[Any], T],
+        on_attempt: Callable[[str], None] = lambda outcome: None,
+    ) -> T:
+        def timed(document: Any) -> T:
+            started = time.perf_counter()
+            try:
+                return parse(document)
+            finally:
+                _probe.spent = getattr(_probe, "spent", 0.0) + time.perf_counter() - started
+
+        record = super().call(request, timed, on_attempt)
+        _probe.parsed = time.perf_counter()
+        return record
 
 
-class TimedPoller(Poller):
-    """Adds the time from the last decoded page to the published Snapshot, and reports it."""
+def timed_client(config: Config, clocks: Clocks) -> Client:
+    return TimedClient(config.api, clocks=clocks, max_connections=config.poll.concurrency)
 
-    def __init__(self, config: Config, **kwargs: Any) -> None:
-        def client(config: Config, clocks: Clocks) -> Client:
-            return TimedClient(config.api, clocks=clocks, max_connections=config.poll.concurrency)
 
-        super().__init__(config, client_factory=client, **kwargs)
-
-    def _commit(self, group: str, *args: Any) -> None:
-        super()._commit(group, *args)
-        decoded = getattr(_probe, "decoded", time.perf_counter())
-        spent = getattr(_probe, "spent", 0.0) + time.perf_counter() - decoded
-        _probe.spent = 0.0
-        failure = args[-1]  # the ApiError, if the poll failed
-        line = {"group": group, "seconds": spent}
-        print(json.dumps(line if failure is None else {**line, "error": str(failure)}), flush=True)
+def report(published: Published) -> None:
+    """Adds the time from the last parsed reply to the published Snapshot, and prints it."""
+    log_published(published)
+    parsed = getattr(_probe, "parsed", time.perf_counter())
+    spent = getattr(_probe, "spent", 0.0) + time.perf_counter() - parsed
+    _probe.spent = 0.0
+    failure = published.result.failure
+    line = {"group": published.after.name, "seconds": spent}
+    print(json.dumps(line if failure is None else {**line, "error": str(failure)}), flush=True)
 
 
 def main() -> None:
-    cli.Poller = TimedPoller  # type: ignore[attr-defined,assignment]
+    cli.Poller = functools.partial(Poller, client_factory=timed_client, on_published=report)  # type: ignore[attr-defined,assignment]
     args = cli.build_parser().parse_args(sys.argv[1:])
     cli.setup_logging(args.log_level, args.log_format, list)
     exporter = cli.Exporter(args)

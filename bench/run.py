@@ -5,7 +5,8 @@
     uv run python bench/run.py --sizes 1000,10000,50000
 
 For each team size it serves a synthetic team over 10 groups from the demo's fake API, then runs
-each exporter (bench/ours.py, bench/baseline.py) in a process of its own against it and measures:
+each exporter (bench/ours.py; bench/baseline.py with Gauges, and with a custom collector of
+GaugeMetricFamily rendered by generate_latest) in a process of its own against it and measures:
 the time from upstream response to published data for the first poll, the median /metrics
 scrape as Prometheus asks for it (gzip; text and OpenMetrics Accept headers), and the peak RSS.
 Numbers are only comparable within one run on one machine, hence the ratios.
@@ -49,6 +50,7 @@ ACCEPT = {
 EXPORTERS = {
     "ours": [str(HERE / "ours.py"), "--web.listen-address", "127.0.0.1:0", "--log.level", "warn"],
     "baseline": [str(HERE / "baseline.py")],
+    "collector": [str(HERE / "baseline.py"), "--style", "collector"],
 }
 HISTORY = 10  # scrapes at each end of the run compared to show cost does not grow
 
@@ -221,15 +223,18 @@ def ratios(results: list[Result]) -> str:
     lines = []
     by = {(r.users, r.exporter): r for r in results}
     for users in sorted({r.users for r in results}):
-        ours, base = by.get((users, "ours")), by.get((users, "baseline"))
-        if ours is None or base is None:
-            continue
-        lines.append(
-            f"{users:>6,} users: scrape {base.median('text') / ours.median('text'):.0f}x faster"
-            f" (text), {base.median('openmetrics') / ours.median('openmetrics'):.0f}x"
-            f" (OpenMetrics); peak RSS {ours.peak_rss_mb / base.peak_rss_mb:.2f} of the"
-            f" baseline's; poll -> data {base.poll_seconds / ours.poll_seconds:.1f}x faster"
-        )
+        ours = by.get((users, "ours"))
+        for name in ("baseline", "collector"):
+            base = by.get((users, name))
+            if ours is None or base is None:
+                continue
+            lines.append(
+                f"{users:>6,} users, vs {name}: scrape"
+                f" {base.median('text') / ours.median('text'):.0f}x faster (text),"
+                f" {base.median('openmetrics') / ours.median('openmetrics'):.0f}x (OpenMetrics);"
+                f" peak RSS {ours.peak_rss_mb / base.peak_rss_mb:.2f} of its;"
+                f" poll -> data {base.poll_seconds / ours.poll_seconds:.1f}x faster"
+            )
     for r in results:
         n = len(r.scrapes["text"])
         if r.exporter == "ours" and n >= 2 * HISTORY:
@@ -265,7 +270,7 @@ def main() -> None:
                 config = config_file(Path(tmp), fake.url)
                 for name in args.exporters.split(","):
                     print(f"{users:,} users: {name}...", file=sys.stderr, flush=True)
-                    limit = budget if name == "baseline" else float("inf")
+                    limit = float("inf") if name == "ours" else budget
                     results.append(measure(name, users, config, rounds, limit))
     print(table(results))
     print()

@@ -1,5 +1,6 @@
-"""One UserPageAnalytics call: request, deadline, size limit, retries, Retry-After, and the few
-reasons a call can fail, each with a message that is safe to log."""
+"""One call of any v1 method: request, deadline, size limit, retries, Retry-After, the upstream's
+`error` field, and the few reasons a call can fail, each with a message that is safe to log.
+The transport knows no endpoint: the caller's `parse` turns the JSON into its record."""
 
 from __future__ import annotations
 
@@ -15,18 +16,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from exporter import __version__
-from exporter.config import ApiConfig, Window
-from exporter.model import MalformedResponse, Page, decode_page
+from exporter.config import ApiConfig
+from exporter.sources.base import Request
+from exporter.state import SUCCESS, MalformedResponse, Reason
 
 log = logging.getLogger("exporter.api")
 
-PATH = "/api/v1/UserPageAnalytics"
+T = TypeVar("T")
+API_PATH = "/api/v1/"
 MAX_RETRY_AFTER = 86400.0
 _BACKOFF_CAP = 60.0
 # A connect that takes longer is worth abandoning and retrying; the rest of the deadline is for
@@ -37,21 +39,6 @@ _TOKENISH = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     r"|[A-Za-z0-9_\-+/=.]{24,}"
 )
-
-
-class Reason(StrEnum):
-    """Why a poll of a group failed; a small fixed set so it can be a label."""
-
-    AUTH = "auth"
-    NOT_FOUND = "not_found"
-    RATE_LIMITED = "rate_limited"
-    SERVER_ERROR = "server_error"
-    HTTP_ERROR = "http_error"
-    TIMEOUT = "timeout"
-    CONNECTION = "connection"
-    INVALID_RESPONSE = "invalid_response"
-    API_ERROR = "api_error"
-    TOO_LARGE = "too_large"
 
 
 _RETRYABLE = {Reason.RATE_LIMITED, Reason.SERVER_ERROR, Reason.TIMEOUT, Reason.CONNECTION}
@@ -84,21 +71,6 @@ class Clocks:
     random: Callable[[], float] = random.random
 
 
-def request_body(service_key: str, group: str, window: Window, now: float) -> dict[str, str]:
-    body = {
-        "service_key": service_key,
-        "start_timestamp": _rfc3339(now - window.seconds),
-        "end_timestamp": _rfc3339(now),
-    }
-    if group:
-        body["group_name"] = group
-    return body
-
-
-def _rfc3339(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
-
-
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Retry-After as delta-seconds or an HTTP date -> seconds to wait (bounded), None if absent."""
     if not value:
@@ -117,7 +89,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 class Client:
-    """Calls UserPageAnalytics for one group and window, within `api.timeout` in all."""
+    """Calls v1 methods, each call within `api.timeout` in all."""
 
     def __init__(
         self,
@@ -136,29 +108,30 @@ class Client:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0),
             follow_redirects=False,
         )
-        self._url = api.url + PATH
+        self._url = api.url + API_PATH
         self._secrets = tuple(s for s in (api.service_key.reveal(),) if s)
 
     def close(self) -> None:
         self._http.close()
 
-    def fetch(
+    def call(
         self,
-        group: str,
-        window: Window,
+        request: Request,
+        parse: Callable[[Any], T],
         on_attempt: Callable[[str], None] = lambda outcome: None,
-    ) -> Page:
-        """One page, retrying what is worth retrying while the deadline allows.
+    ) -> T:
+        """One reply, parsed, retrying what is worth retrying while the deadline allows.
+        `parse` raises MalformedResponse for a reply of the wrong shape.
 
         Raises ApiError with the last failure, or Stopped when a shutdown interrupts a wait.
         """
         clocks = self._clocks
         deadline = clocks.monotonic() + self._api.timeout
-        body = request_body(self._api.service_key.reveal(), group, window, clocks.wall())
+        body = {"service_key": self._api.service_key.reveal(), **request.body}
         attempt = 0
         while True:
             try:
-                page = self._attempt(body, deadline)
+                record = self._attempt(request.method, body, parse, deadline)
             except ApiError as err:
                 on_attempt(err.reason.value)
                 delay = self._retry_delay(err, attempt, deadline)
@@ -167,7 +140,7 @@ class Client:
                 log.debug(
                     "retrying",
                     extra={
-                        "group": group or "(whole team)",
+                        "group": request.target or "(whole team)",
                         "reason": err.reason.value,
                         "wait": f"{delay:.3f}s",
                     },
@@ -176,8 +149,8 @@ class Client:
                     raise Stopped from None
                 attempt += 1
                 continue
-            on_attempt("success")
-            return page
+            on_attempt(SUCCESS)
+            return record
 
     def _retry_delay(self, err: ApiError, attempt: int, deadline: float) -> float | None:
         if err.reason not in _RETRYABLE or attempt >= self._api.retries:
@@ -192,7 +165,9 @@ class Client:
             return None
         return delay
 
-    def _attempt(self, body: dict[str, str], deadline: float) -> Page:
+    def _attempt(
+        self, method: str, body: dict[str, str], parse: Callable[[Any], T], deadline: float
+    ) -> T:
         remaining = deadline - self._clocks.monotonic()
         if remaining <= 0:
             raise ApiError(Reason.TIMEOUT, f"no answer within {self._api.timeout:g}s")
@@ -203,7 +178,7 @@ class Client:
                 watchdog,
                 self._http.stream(
                     "POST",
-                    self._url,
+                    self._url + method,
                     json=body,
                     timeout=httpx.Timeout(remaining, connect=min(remaining, _CONNECT_TIMEOUT)),
                     extensions={"trace": watchdog.trace},
@@ -222,7 +197,7 @@ class Client:
             raise ApiError(
                 Reason.CONNECTION, f"cannot reach {self._api.url}: {self._clean(str(err))}"
             ) from None
-        return self._decode(response, content)
+        return self._decode(response, content, parse)
 
     def _read(self, response: httpx.Response, deadline: float) -> bytes:
         limit = self._api.max_response_bytes
@@ -241,12 +216,12 @@ class Client:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _decode(self, response: httpx.Response, content: bytes) -> Page:
+    def _decode(self, response: httpx.Response, content: bytes, parse: Callable[[Any], T]) -> T:
         status = response.status_code
         document = _json(content)
-        upstream = ""
-        if isinstance(document, dict) and document.get("error") not in (None, ""):
-            upstream = self._clean(str(document["error"]))
+        # The one place the upstream's `error` field is read: it fails any call that carries it.
+        failed = isinstance(document, dict) and document.get("error") not in (None, "")
+        upstream = self._clean(str(document["error"])) if failed else ""
         if status >= 300:
             raise self._status_error(response, upstream)
         if document is _NOT_JSON:
@@ -255,12 +230,12 @@ class Client:
             )
             raise ApiError(Reason.INVALID_RESPONSE, f"reply is not valid JSON ({kind})")
         try:
-            page = decode_page(document)
+            record = parse(document)
         except MalformedResponse as err:
             raise ApiError(Reason.INVALID_RESPONSE, str(err)) from None
-        if page.error is not None:
+        if failed:
             raise ApiError(Reason.API_ERROR, f"the API answered with an error: {upstream}")
-        return page
+        return record
 
     def _status_error(self, response: httpx.Response, upstream: str) -> ApiError:
         status = response.status_code

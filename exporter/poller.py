@@ -1,55 +1,186 @@
-"""When to ask the API: one schedule per group, bounded concurrency, last-good data, and the
-immutable Snapshot that scrapes read while polls replace it."""
+"""When to ask the API: one schedule per target of each source, bounded concurrency, last-good
+data, reloads. The state change is one pure function, `next_state`; the threads only drive it."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from exporter.api import ApiError, Client, Clocks, Reason, Stopped
-from exporter.config import Config, Window, format_duration
-from exporter.model import GroupReport, build_report
+from exporter.api import ApiError, Client, Clocks, Stopped
+from exporter.config import ApiConfig, Config, format_duration
+from exporter.sources import SOURCES, Source
+from exporter.state import Reason, Report, Snapshot, SourceState, is_live
 
 log = logging.getLogger("exporter.poller")
 
 ClientFactory = Callable[[Config, Clocks], Client]
-_EMPTY: Mapping[str, int] = MappingProxyType({})
+Key = tuple[str, str]  # (source, target)
+# What a poll of a target asks: the API settings and what its source's requests depend on.
+Ask = tuple[ApiConfig, Hashable]
+ClientKey = tuple[ApiConfig, int]  # the API settings and poll.concurrency a client is made for
+_BY_NAME: Mapping[str, Source] = {s.name: s for s in SOURCES}
 
 
-@dataclass(frozen=True, slots=True)
-class GroupState:
-    """What is known about one group: its last good report and how its polls have gone."""
+@dataclass(frozen=True)
+class PollState:
+    """What the poller knows: the published Snapshot, when each target is due (monotonic
+    time), and what a poll of each target asks under the running config."""
 
-    name: str
-    report: GroupReport | None = None
-    up: bool = False
-    last_success: float | None = None
-    last_attempt: float | None = None
-    last_duration: float | None = None
-    last_error: Reason | None = None
-    last_error_message: str | None = None  # the failure's one redacted line, for the landing page
-    polls: int = 0
-    errors: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
-    requests: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    due: Mapping[Key, float] = field(default_factory=dict)
+    asks: Mapping[Key, Ask] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """All groups at one instant; replaced whole, so a scrape never sees half a poll."""
+@dataclass(frozen=True)
+class Reloaded:
+    """A config came into force at monotonic time `now`."""
 
-    groups: tuple[GroupState, ...] = ()
-    config: Config = field(default_factory=Config)
+    now: float
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One finished poll of one target: one value, whatever its outcome."""
+
+    key: Key
+    ask: Ask  # what it asked; it counts only while the config still asks the same
+    started: float  # monotonic
+    finished: float  # monotonic
+    attempted_at: float  # wall time the poll started
+    outcomes: tuple[str, ...] = ()  # one per request attempt
+    report: Report | None = None
+    failure: ApiError | None = None
+    jitter: float = 0.0  # added to the interval, so targets do not poll in lockstep forever
+
+
+def asks(config: Config) -> dict[Key, Ask]:
+    """What a poll of each target asks under `config`, in exposition order."""
+    return {
+        (s.name, t): (config.api, s.depends_on(config)) for s in SOURCES for t in s.targets(config)
+    }
+
+
+def next_state(old: PollState, result: PollResult | Reloaded, config: Config) -> PollState:
+    """The state after a poll result or a reload to `config`; returns `old` itself when a
+    result no longer answers what the config asks (a reload changed it under the poll)."""
+    if isinstance(result, Reloaded):
+        return _reloaded(old, result.now, config)
+    if old.asks.get(result.key) != result.ask:
+        return old
+    interval = config.poll.interval
+    due = result.started + interval + result.jitter
+    failure = result.failure
+    if failure is not None and failure.retry_after is not None:
+        # Counted from the reply, not from the poll's start: the wait began with the reply.
+        due = max(due, result.finished + failure.retry_after)
+    states = tuple(_polled(s, result) if s.key == result.key else s for s in old.snapshot.states)
+    return replace(
+        old,
+        snapshot=Snapshot(states=states, config=config),
+        due={**old.due, result.key: due},
+    )
+
+
+def _reloaded(old: PollState, now: float, config: Config) -> PollState:
+    """Kept targets keep their data; each keeps its schedule while its poll asks the same, and
+    is due at once when it asks something else (a new key, URL, timeout, windows) or is new."""
+    previous = {s.key: s for s in old.snapshot.states}
+    new = asks(config)
+    return PollState(
+        snapshot=Snapshot(
+            states=tuple(previous.get(k, SourceState(*k)) for k in new), config=config
+        ),
+        due={k: old.due[k] if old.asks.get(k) == ask else now for k, ask in new.items()},
+        asks=new,
+    )
+
+
+def _polled(old: SourceState, result: PollResult) -> SourceState:
+    requests = old.requests
+    for outcome in result.outcomes:
+        requests = _bump(requests, outcome)
+    state = replace(
+        old,
+        polls=old.polls + 1,
+        requests=requests,
+        last_attempt=result.attempted_at,
+        last_duration=result.finished - result.started,
+    )
+    if result.failure is None:
+        return replace(
+            state,
+            report=result.report,
+            up=True,
+            last_success=result.attempted_at,
+            last_error=None,
+            last_error_message=None,
+        )
+    reason = result.failure.reason
+    return replace(
+        state,
+        up=False,
+        last_error=reason,
+        last_error_message=str(result.failure),
+        errors=_bump(old.errors, reason.value),
+    )
 
 
 def _bump(counts: Mapping[str, int], key: str) -> Mapping[str, int]:
     return MappingProxyType({**counts, key: counts.get(key, 0) + 1})
 
 
+@dataclass(frozen=True)
+class Published:
+    """A poll result that came into force: the target's state before and after it."""
+
+    result: PollResult
+    before: SourceState
+    after: SourceState
+    next_in: float  # seconds until the target's next poll
+    config: Config
+
+
+def log_published(published: Published) -> None:
+    """One log line per poll: a warning with what is kept when it failed, info on recovery."""
+    old, new, failure = published.before, published.after, published.result.failure
+    fields = {"group": new.name or "(whole team)"}
+    if failure is not None:
+        if new.report is None:
+            kept = "no data yet"
+        elif not is_live(new, published.result.attempted_at, published.config.poll.max_staleness):
+            kept = "its data is older than poll.max_staleness and no longer exported"
+        else:
+            kept = "keeping its last good data"
+        log.warning(
+            "poll failed: %s; group down, %s, next attempt in %s",
+            failure,
+            kept,
+            format_duration(published.next_in),
+            extra={**fields, "reason": failure.reason.value},
+        )
+    elif not old.up and old.polls:
+        log.info("poll recovered", extra=fields)
+    else:
+        log.debug(
+            "poll succeeded",
+            extra={
+                **fields,
+                "rows": new.report.rows if new.report else 0,
+                "duration": f"{new.last_duration or 0:.3f}s",
+            },
+        )
+
+
 class Poller:
-    """Polls every configured group on its own schedule and publishes Snapshots."""
+    """Polls every target of every source on its own schedule and publishes Snapshots.
+
+    `on_published` hears of every poll result that came into force (by default, it logs it).
+    """
 
     def __init__(
         self,
@@ -59,6 +190,7 @@ class Poller:
         ),
         clocks: Clocks | None = None,
         jitter: Callable[[float], float] | None = None,
+        on_published: Callable[[Published], None] = log_published,
     ) -> None:
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -66,23 +198,23 @@ class Poller:
         base = clocks or Clocks()
         self._clocks = replace(base, wait=self._stop.wait)
         self._client_factory = client_factory
-        # Spread polls a little so groups do not hit the API in lockstep forever.
         self._jitter = jitter or (lambda interval: min(interval * 0.05, 10.0) * base.random())
+        self._on_published = on_published
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
-        self._client: Client | None = None
-        self._generation = -1
-        self._snapshot = Snapshot()
-        self._due: dict[str, float] = {}
-        self._running: set[str] = set()
-        self._unpolled: set[str] = set()
-        self._retired: list[Client] = []  # replaced by a reload; closed once no poll uses them
-        self._slots: threading.Semaphore
+        self._state = PollState()
+        self._running: set[tuple[Key, Ask]] = set()
+        # One client per API settings: a reload that changes them retires the running one,
+        # closed as soon as the last poll using it ends.
+        self._clients: dict[ClientKey, Client] = {}
+        self._users: Counter[ClientKey] = Counter()
+        self._current: ClientKey | None = None
+        self._slots = threading.Semaphore(config.poll.concurrency)
         self._apply(config)
 
     @property
     def snapshot(self) -> Snapshot:
-        return self._snapshot
+        return self._state.snapshot
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._schedule, name="poller", daemon=True)
@@ -95,193 +227,137 @@ class Poller:
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         with self._lock:
-            for client in [*self._retired, self._client]:
-                if client is not None:
-                    client.close()
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
 
     def reconfigure(self, config: Config) -> None:
-        """Apply a new config: kept groups keep their data; new or changed ones poll at once."""
+        """Apply a new config: kept targets keep their data and, when their polls ask the
+        same, their schedule and polls in flight; new or changed ones poll at once."""
         self._apply(config)
         self._wake.set()
 
     def _apply(self, config: Config) -> None:
         with self._lock:
-            self._generation += 1
-            if self._client is not None:
-                self._retired.append(self._client)
-            self._client = self._client_factory(config, self._clocks)
-            self._slots = threading.Semaphore(config.poll.concurrency)
+            key = (config.api, config.poll.concurrency)
+            if key not in self._clients:
+                self._clients[key] = self._client_factory(config, self._clocks)
+            if self._current is not None and config.poll.concurrency != self._current[1]:
+                self._slots = threading.Semaphore(config.poll.concurrency)
+            retired, self._current = self._current, key
+            if retired is not None:
+                self._release(retired)
             now = self._clocks.monotonic()
-            previous = {g.name: g for g in self._snapshot.groups}
-            # Same windows: kept groups keep their schedule (before the first apply, none is due).
-            keep_due = self._snapshot.config.windows == config.windows
-            self._due = {
-                g: self._due[g] if keep_due and g in self._due else now for g in config.groups
-            }
-            self._snapshot = Snapshot(
-                groups=tuple(previous.get(g, GroupState(name=g)) for g in config.groups),
-                config=config,
-            )
-            self._unpolled = {g for g in config.groups if g not in previous}
-            if not self._unpolled:
-                self.ready.set()
+            self._publish(next_state(self._state, Reloaded(now), config))
+
+    def _release(self, key: ClientKey) -> None:
+        """Close a client no longer current once no poll uses it."""
+        if key != self._current and not self._users[key]:
+            del self._users[key]
+            client = self._clients.pop(key, None)  # None: stop() closed them all
+            if client is not None:
+                client.close()
+
+    def _publish(self, state: PollState) -> None:
+        self._state = state
+        if all(s.polls for s in state.snapshot.states):
+            self.ready.set()
 
     def _schedule(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
             with self._lock:
                 now = self._clocks.monotonic()
-                for group, due in self._due.items():
-                    if due <= now and group not in self._running:
-                        self._running.add(group)
-                        threading.Thread(
-                            target=self._poll_group,
-                            args=(
-                                group,
-                                self._generation,
-                                self._client,
-                                self._slots,
-                                self._snapshot.config.windows,
-                            ),
-                            name=f"poll-{group or 'team'}",
-                            daemon=True,
-                        ).start()
-                waiting = [d for g, d in self._due.items() if g not in self._running]
+                state = self._state
+                for key, due in state.due.items():
+                    if due <= now and (key, state.asks[key]) not in self._running:
+                        self._start(key, state)
+                running = {k for k, _ in self._running}
+                waiting = [d for k, d in state.due.items() if k not in running]
                 timeout = max(0.0, min(waiting) - now) if waiting else None
             self._wake.wait(timeout)
 
-    def _poll_group(
+    def _start(self, key: Key, state: PollState) -> None:
+        """A poll of `key` in a thread of its own, with the current client (under the lock)."""
+        assert self._current is not None
+        client = self._current
+        self._running.add((key, state.asks[key]))
+        self._users[client] += 1
+        threading.Thread(
+            target=self._poll,
+            args=(key, state, client, self._clients[client], self._slots),
+            name=f"poll-{key[1] or 'team'}",
+            daemon=True,
+        ).start()
+
+    def _poll(
         self,
-        group: str,
-        generation: int,
+        key: Key,
+        state: PollState,
+        client_key: ClientKey,
         client: Client,
         slots: threading.Semaphore,
-        windows: tuple[Window, ...],
     ) -> None:
-        with slots:
-            if self._stop.is_set():
-                return
-            started = self._clocks.monotonic()
-            attempted_at = self._clocks.wall()
-            outcomes: list[str] = []
-            report: GroupReport | None = None
-            failure: ApiError | None = None
-            try:
-                pages = [(w.label, client.fetch(group, w, outcomes.append)) for w in windows]
-                report = build_report(pages)
-            except ApiError as err:
-                failure = err
-            except Stopped:
-                return
-            except Exception as err:  # a bug must not kill the group's schedule forever
-                if self._stop.is_set():
-                    return
-                log.exception("unexpected error polling group", extra={"group": group})
-                failure = ApiError(Reason.INVALID_RESPONSE, type(err).__name__)
-            duration = self._clocks.monotonic() - started
-        self._commit(group, generation, attempted_at, started, duration, outcomes, report, failure)
+        result = None
+        try:
+            with slots:
+                if not self._stop.is_set():
+                    result = self._ask(key, state, client)
+        finally:
+            self._commit(key, state.asks[key], client_key, result)
 
-    def _commit(
-        self,
-        group: str,
-        generation: int,
-        attempted_at: float,
-        started: float,
-        duration: float,
-        outcomes: list[str],
-        report: GroupReport | None,
-        failure: ApiError | None,
-    ) -> None:
+    def _ask(self, key: Key, state: PollState, client: Client) -> PollResult | None:
+        """One poll of a target, as one value; None when a shutdown cut it short."""
+        source, target = _BY_NAME[key[0]], key[1]
+        config = state.snapshot.config
+        clocks = self._clocks
+        started = clocks.monotonic()
+        attempted_at = clocks.wall()
+        outcomes: list[str] = []
+        report: Report | None = None
+        failure: ApiError | None = None
+        try:
+            replies = [
+                (r, client.call(r, functools.partial(source.parse, r), outcomes.append))
+                for r in source.plan(config, target, attempted_at)
+            ]
+            report = source.report(config, target, replies)
+        except ApiError as err:
+            failure = err
+        except Stopped:
+            return None
+        except Exception as err:  # a bug must not kill the target's schedule forever
+            if self._stop.is_set():
+                return None
+            log.exception("unexpected error polling group", extra={"group": target})
+            failure = ApiError(Reason.INVALID_RESPONSE, type(err).__name__)
+        interval = config.poll.interval
+        return PollResult(
+            key=key,
+            ask=state.asks[key],
+            started=started,
+            finished=clocks.monotonic(),
+            attempted_at=attempted_at,
+            outcomes=tuple(outcomes),
+            report=report,
+            failure=failure,
+            jitter=self._jitter(interval),
+        )
+
+    def _commit(self, key: Key, ask: Ask, client_key: ClientKey, result: PollResult | None) -> None:
         with self._lock:
-            self._running.discard(group)
-            if not self._running:
-                for retired in self._retired:
-                    retired.close()
-                self._retired.clear()
-            if self._stop.is_set():
-                return  # a shutdown cut the call short; that is no failure of the group
-            if generation != self._generation or group not in self._due:
-                self._wake.set()
-                return  # the config changed under this poll; its result belongs to no one
-            config = self._snapshot.config
-            interval = config.poll.interval
-            now = self._clocks.monotonic()
-            due = started + interval + self._jitter(interval)
-            if failure is not None and failure.retry_after is not None:
-                # Counted from now, not from the poll's start: the wait began with the reply.
-                due = max(due, now + failure.retry_after)
-            self._due[group] = due
-            next_in = max(due - now, 0.0)
-            index = config.groups.index(group)
-            old = self._snapshot.groups[index]
-            requests = old.requests
-            for outcome in outcomes:
-                requests = _bump(requests, outcome)
-            state = replace(
-                old,
-                polls=old.polls + 1,
-                requests=requests,
-                last_attempt=attempted_at,
-                last_duration=duration,
-            )
-            if failure is None:
-                state = replace(
-                    state,
-                    report=report,
-                    up=True,
-                    last_success=attempted_at,
-                    last_error=None,
-                    last_error_message=None,
-                )
-            else:
-                state = replace(
-                    state,
-                    up=False,
-                    last_error=failure.reason,
-                    last_error_message=str(failure),
-                    errors=_bump(old.errors, failure.reason.value),
-                )
-            groups = list(self._snapshot.groups)
-            groups[index] = state
-            self._snapshot = Snapshot(groups=tuple(groups), config=config)
-            self._unpolled.discard(group)
-            if not self._unpolled:
-                self.ready.set()
+            self._running.discard((key, ask))
+            self._users[client_key] -= 1
+            self._release(client_key)
             self._wake.set()
-            expired = (
-                state.last_success is not None
-                and attempted_at - state.last_success > config.poll.max_staleness
-            )
-        _log_outcome(old, state, failure, next_in, expired)
-
-
-def _log_outcome(
-    old: GroupState, new: GroupState, failure: ApiError | None, next_in: float, expired: bool
-) -> None:
-    fields = {"group": new.name or "(whole team)"}
-    if failure is not None:
-        if new.report is None:
-            kept = "no data yet"
-        elif expired:
-            kept = "its data is older than poll.max_staleness and no longer exported"
-        else:
-            kept = "keeping its last good data"
-        log.warning(
-            "poll failed: %s; group down, %s, next attempt in %s",
-            failure,
-            kept,
-            format_duration(next_in),
-            extra={**fields, "reason": failure.reason.value},
-        )
-    elif not old.up and old.polls:
-        log.info("poll recovered", extra=fields)
-    else:
-        report = new.report
-        log.debug(
-            "poll succeeded",
-            extra={
-                **fields,
-                "users": len(report.users) if report else 0,
-                "duration": f"{new.last_duration or 0:.3f}s",
-            },
-        )
+            if result is None or self._stop.is_set():
+                return  # a shutdown cut the call short; that is no failure of the target
+            old = self._state
+            new = next_state(old, result, old.snapshot.config)
+            if new is old:
+                return  # a reload changed what this poll asked; its result answers no one
+            self._publish(new)
+        before = next(s for s in old.snapshot.states if s.key == key)
+        after = next(s for s in new.snapshot.states if s.key == key)
+        next_in = max(new.due[key] - result.finished, 0.0)
+        self._on_published(Published(result, before, after, next_in, new.snapshot.config))

@@ -28,9 +28,10 @@ from typing import Any
 import bcrypt
 
 from exporter import __version__
-from exporter.collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Collector
+from exporter.collector import Collector
 from exporter.config import WebConfig, format_duration, to_yaml
-from exporter.poller import GroupState, Snapshot
+from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from exporter.state import Snapshot, SourceState
 
 log = logging.getLogger("exporter.web")
 
@@ -631,7 +632,7 @@ def landing_page(app: App) -> str:
     now = app.clock()
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in _status(state, now)) + "</tr>"
-        for state in app.snapshot().groups
+        for state in app.snapshot().states
     )
     config = html.escape(to_yaml(app.config_summary()))
     path = html.escape(app.telemetry_path)
@@ -659,7 +660,7 @@ appear, only the files they are read from.</p>
 """
 
 
-def _status(state: GroupState, now: float) -> tuple[str, ...]:
+def _status(state: SourceState, now: float) -> tuple[str, ...]:
     """A group's table row: whether it is up, when it was last polled and last succeeded, and
     its current error with when it happened and the (already redacted) one-line message."""
     error = "-"
@@ -672,7 +673,7 @@ def _status(state: GroupState, now: float) -> tuple[str, ...]:
         "up" if state.up else "down",
         _when(state.last_attempt, now),
         _when(state.last_success, now),
-        str(len(state.report.users)) if state.report else "-",
+        str(state.report.rows) if state.report else "-",
         error,
     )
 

@@ -20,9 +20,20 @@ import pytest
 import yaml
 
 from exporter.cli import Exporter, build_parser
+from exporter.config import Config, Window
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Member, synthetic_team
+from exporter.sources import Request
+from exporter.sources.user_page import USER_PAGE
 
 ROOT = Path(__file__).resolve().parent.parent
+WINDOW = Window("30d", 30 * 86400.0)
+REQUEST_TIME = 1728640000.0  # 2024-10-11T09:46:40Z
+
+
+def page_request(group: str, now: float = REQUEST_TIME) -> Request:
+    """The UserPageAnalytics request a poll of `group` makes for the 30-day window."""
+    (request,) = USER_PAGE.plan(Config(windows=(WINDOW,)), group, now)
+    return request
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -45,6 +56,11 @@ def samples(text: str) -> dict[str, float]:
             series, _, value = line.rpartition(" ")
             out[series] = float(value)
     return out
+
+
+def series(metric: str, /, **labels: str) -> str:
+    """A series as `samples` keys it: `metric{k="v",...}`, labels in the order given."""
+    return metric + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
 
 @pytest.fixture

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from exporter.api import ApiError, Client, Clocks, Reason, parse_retry_after
-from exporter.config import ApiConfig, Secret, Window
+from exporter.api import ApiError, Client, Clocks, parse_retry_after
+from exporter.config import ApiConfig, Secret
+from exporter.sources.user_page import decode_page
+from exporter.state import Reason
+from tests.conftest import REQUEST_TIME, page_request
 
 KEY = "sk-unit-test-0123456789abcdef"
-WINDOW = Window("30d", 30 * 86400.0)
-NOW = 1728640000.0
+NOW = REQUEST_TIME
 
 
 @dataclass
@@ -60,7 +62,7 @@ def test_the_request_is_a_post_with_key_group_and_window_in_the_body() -> None:
         seen.append(request)
         return reply()
 
-    client(handler).fetch("engineering", WINDOW)
+    client(handler).call(page_request("engineering"), decode_page)
     (request,) = seen
     assert request.method == "POST"
     assert str(request.url) == "https://windsurf.test/api/v1/UserPageAnalytics"
@@ -75,7 +77,9 @@ def test_the_request_is_a_post_with_key_group_and_window_in_the_body() -> None:
 
 def test_the_whole_team_sends_no_group_name() -> None:
     seen: list[dict[str, str]] = []
-    client(lambda r: seen.append(json.loads(r.content)) or reply()).fetch("", WINDOW)
+    client(lambda r: seen.append(json.loads(r.content)) or reply()).call(
+        page_request(""), decode_page
+    )
     assert "group_name" not in seen[0]
 
 
@@ -93,7 +97,9 @@ def test_the_whole_team_sends_no_group_name() -> None:
 )
 def test_status_codes_map_to_reasons(status: int, reason: Reason) -> None:
     with pytest.raises(ApiError) as caught:
-        client(lambda r: reply(status, {"error": "nope"}), retries=0).fetch("g", WINDOW)
+        client(lambda r: reply(status, {"error": "nope"}), retries=0).call(
+            page_request("g"), decode_page
+        )
     assert caught.value.reason is reason
 
 
@@ -113,20 +119,22 @@ def test_status_codes_map_to_reasons(status: int, reason: Reason) -> None:
 )
 def test_bad_bodies_map_to_reasons(response: httpx.Response, reason: Reason) -> None:
     with pytest.raises(ApiError) as caught:
-        client(lambda r: response).fetch("g", WINDOW)
+        client(lambda r: response).call(page_request("g"), decode_page)
     assert caught.value.reason is reason
 
 
 def test_html_is_named_in_the_message() -> None:
     html = httpx.Response(200, text="<html></html>", headers={"content-type": "text/html"})
     with pytest.raises(ApiError, match=r"not valid JSON \(text/html\)"):
-        client(lambda r: html).fetch("g", WINDOW)
+        client(lambda r: html).call(page_request("g"), decode_page)
 
 
 def test_auth_failures_are_not_retried() -> None:
     calls: list[int] = []
     with pytest.raises(ApiError):
-        client(lambda r: calls.append(1) or reply(401), retries=3).fetch("g", WINDOW)
+        client(lambda r: calls.append(1) or reply(401), retries=3).call(
+            page_request("g"), decode_page
+        )
     assert len(calls) == 1
 
 
@@ -134,8 +142,8 @@ def test_server_errors_retry_with_exponential_backoff_then_succeed() -> None:
     time = FakeTime()
     answers = iter([reply(502), reply(503), reply(500), reply()])
     outcomes: list[str] = []
-    client(lambda r: next(answers), time, retries=3, retry_backoff=1.0).fetch(
-        "g", WINDOW, outcomes.append
+    client(lambda r: next(answers), time, retries=3, retry_backoff=1.0).call(
+        page_request("g"), decode_page, outcomes.append
     )
     # random() is 0.5, so each wait is 75% of 1s, 2s, 4s.
     assert time.waits == [0.75, 1.5, 3.0]
@@ -145,7 +153,9 @@ def test_server_errors_retry_with_exponential_backoff_then_succeed() -> None:
 def test_retries_are_bounded() -> None:
     calls: list[int] = []
     with pytest.raises(ApiError) as caught:
-        client(lambda r: calls.append(1) or reply(503), retries=2).fetch("g", WINDOW)
+        client(lambda r: calls.append(1) or reply(503), retries=2).call(
+            page_request("g"), decode_page
+        )
     assert len(calls) == 3
     assert caught.value.reason is Reason.SERVER_ERROR
 
@@ -153,15 +163,15 @@ def test_retries_are_bounded() -> None:
 def test_retry_after_is_honoured_within_the_deadline() -> None:
     time = FakeTime()
     answers = iter([reply(429, {"error": "slow down"}, **{"Retry-After": "7"}), reply()])
-    client(lambda r: next(answers), time, timeout=30.0).fetch("g", WINDOW)
+    client(lambda r: next(answers), time, timeout=30.0).call(page_request("g"), decode_page)
     assert time.waits == [7.0]
 
 
 def test_a_retry_after_beyond_the_deadline_gives_up_and_reports_the_wait() -> None:
     time = FakeTime()
     with pytest.raises(ApiError) as caught:
-        client(lambda r: reply(429, **{"Retry-After": "120"}), time, timeout=30.0).fetch(
-            "g", WINDOW
+        client(lambda r: reply(429, **{"Retry-After": "120"}), time, timeout=30.0).call(
+            page_request("g"), decode_page
         )
     assert time.waits == []
     assert caught.value.retry_after == 120
@@ -176,7 +186,7 @@ def test_transport_errors_map_to_reasons(error: type[httpx.TransportError], reas
         raise error("no luck", request=request)
 
     with pytest.raises(ApiError) as caught:
-        client(fail, retries=1).fetch("g", WINDOW)
+        client(fail, retries=1).call(page_request("g"), decode_page)
     assert caught.value.reason is reason
 
 
@@ -184,14 +194,14 @@ def test_large_replies_are_refused_by_declared_and_by_actual_size() -> None:
     big = b'{"userTableStats": [' + b'{"email": "x@y.z"},' * 100 + b"{}]}"
     declared = httpx.Response(200, content=big)
     with pytest.raises(ApiError) as caught:
-        client(lambda r: declared, max_response_bytes=100).fetch("g", WINDOW)
+        client(lambda r: declared, max_response_bytes=100).call(page_request("g"), decode_page)
     assert caught.value.reason is Reason.TOO_LARGE
 
     def stream(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=iter([big[:50], big[50:]]))  # no Content-Length
 
     with pytest.raises(ApiError) as caught:
-        client(stream, max_response_bytes=100).fetch("g", WINDOW)
+        client(stream, max_response_bytes=100).call(page_request("g"), decode_page)
     assert caught.value.reason is Reason.TOO_LARGE
 
 
@@ -201,7 +211,7 @@ def test_upstream_text_is_sanitized_before_it_reaches_a_message() -> None:
         {"error": f"key {KEY} refused for user aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa\nsecond line"},
     )
     with pytest.raises(ApiError) as caught:
-        client(lambda r: echo).fetch("g", WINDOW)
+        client(lambda r: echo).call(page_request("g"), decode_page)
     message = str(caught.value)
     assert KEY not in message
     assert KEY not in repr(caught.value)

@@ -24,11 +24,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.api import Reason
 from exporter.collector import Collector
 from exporter.config import Config, Window
-from exporter.model import build_report, decode_page
-from exporter.poller import GroupState, Snapshot
+from exporter.sources.user_page import USER_PAGE, build_report, decode_page
+from exporter.state import Reason, Snapshot, SourceState
 from tests import rows
 from tests.conftest import samples
 
@@ -68,6 +67,10 @@ def _report(rows_7d: list[dict[str, Any]], rows_30d: list[dict[str, Any]]) -> An
     )
 
 
+def group_state(name: str, report: Any = None, **fields: Any) -> SourceState:
+    return SourceState(USER_PAGE.name, name, report, **fields)
+
+
 def _counts(**values: int) -> MappingProxyType[str, int]:
     return MappingProxyType(values)
 
@@ -81,8 +84,8 @@ def fixed_snapshot(config: Config = CONFIG) -> Snapshot:
     research = _report([{**BOB, "activeDays": 3}], [{**BOB, "activeDays": 19}])
     return Snapshot(
         config=config,
-        groups=(
-            GroupState(
+        states=(
+            group_state(
                 "engineering",
                 engineering,
                 up=True,
@@ -92,7 +95,7 @@ def fixed_snapshot(config: Config = CONFIG) -> Snapshot:
                 polls=3,
                 requests=_counts(success=6),
             ),
-            GroupState(
+            group_state(
                 "research",
                 research,
                 up=True,
@@ -102,7 +105,7 @@ def fixed_snapshot(config: Config = CONFIG) -> Snapshot:
                 polls=3,
                 requests=_counts(success=6),
             ),
-            GroupState(
+            group_state(
                 "empty",
                 _report([], []),
                 up=True,
@@ -112,7 +115,7 @@ def fixed_snapshot(config: Config = CONFIG) -> Snapshot:
                 polls=1,
                 requests=_counts(success=2),
             ),
-            GroupState(
+            group_state(
                 "broken",
                 research,
                 up=False,
@@ -124,7 +127,7 @@ def fixed_snapshot(config: Config = CONFIG) -> Snapshot:
                 errors=_counts(rate_limited=2),
                 requests=_counts(success=6, rate_limited=8),
             ),
-            GroupState(
+            group_state(
                 "new",
                 None,
                 up=False,
@@ -344,7 +347,7 @@ def test_promtool_check_metrics_is_clean_but_for_active_days() -> None:
 
 
 def test_a_group_not_yet_polled_has_no_series_at_all() -> None:
-    snapshot = Snapshot(config=CONFIG, groups=(GroupState("engineering"),))
+    snapshot = Snapshot(config=CONFIG, states=(group_state("engineering"),))
     assert "engineering" not in render(snapshot)
 
 
@@ -352,8 +355,27 @@ def test_a_lone_surrogate_in_a_name_does_not_break_the_exposition() -> None:
     report = _report([{**ALICE, "name": "bad \ud800 name"}], [ALICE])
     snapshot = Snapshot(
         config=CONFIG,
-        groups=(GroupState("engineering", report, up=True, last_success=NOW, polls=1),),
+        states=(group_state("engineering", report, up=True, last_success=NOW, polls=1),),
     )
     text = render(snapshot)
     assert 'name="bad ? name"' in text
     assert "windsurf_user_info" in {f.name for f in parse_text(text)}
+
+
+def test_one_collector_drops_a_group_whose_data_went_stale_between_two_scrapes() -> None:
+    # The same snapshot scraped twice: the cached static part must not outlive the liveness
+    # it was rendered for.
+    collector, snapshot = Collector(), fixed_snapshot()
+    fresh = collector.render(snapshot, NOW).decode()
+    stale = collector.render(snapshot, NOW - 3600 + 6 * 3600 + 1).decode()
+    assert group_series_of(fresh, "broken")
+    assert not group_series_of(stale, "broken")
+    assert group_series_of(stale, "engineering")
+
+
+def group_series_of(text: str, group: str) -> list[str]:
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith(("windsurf_user", "windsurf_group")) and f'group="{group}"' in line
+    ]

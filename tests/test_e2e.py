@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from exporter.demo import DEMO_GROUPS, FakeWindsurf, Fault, Member, synthetic_team
-from exporter.model import parse_time
+from exporter.sources.values import parse_time
 from tests.conftest import Process, Running, samples, wait_for
 from tests.rows import ALICE as ALICE_ROW
 from tests.rows import BOB

@@ -24,17 +24,26 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.api import ApiError, Client, Clocks, Reason
+from exporter.api import ApiError, Client, Clocks
 from exporter.cli import Formatter
-from exporter.config import ApiConfig, Secret, Window
+from exporter.config import ApiConfig, Secret
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Fault, Recorded, synthetic_team
-from tests.conftest import Running, launch, samples, wait_for, write_config_in
+from exporter.sources.user_page import decode_page
+from exporter.state import Reason
+from tests.conftest import (
+    Running,
+    launch,
+    page_request,
+    samples,
+    series,
+    wait_for,
+    write_config_in,
+)
 
 RETRIES = 1
 API = {"timeout": "1s", "retries": RETRIES, "retry_backoff": "50ms", "max_response_size": "64KiB"}
 POLL = {"interval": "1s", "concurrency": 16}
 HEALTHY = "healthy"
-WINDOW = Window("30d", 30 * 86400.0)
 # 300 kB of JSON that gzip (which the fake API uses when asked) squeezes under the 64 KiB limit,
 # so only a limit applied after decompression refuses it.
 HUGE = b'{"userTableStats": [], "padding": "' + b"x" * 300_000 + b'"}'
@@ -102,17 +111,14 @@ ROWS = [
 ]
 
 
-def series(name: str, group: str, **labels: str) -> str:
-    pairs = [("group", group), *labels.items()]
-    return name + "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}"
-
-
 def up(metrics: dict[str, float], group: str) -> float | None:
-    return metrics.get(series("windsurf_up", group))
+    return metrics.get(series("windsurf_up", group=group))
 
 
 def errors(metrics: dict[str, float], group: str, reason: str) -> float:
-    return metrics.get(series("windsurf_exporter_poll_errors_total", group, reason=reason), 0.0)
+    return metrics.get(
+        series("windsurf_exporter_poll_errors_total", group=group, reason=reason), 0.0
+    )
 
 
 def group_series(text: str, group: str) -> set[str]:
@@ -246,7 +252,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
                 timeout=20,
                 what="every fault group to fail",
             )
-            polls = series("windsurf_exporter_polls_total", HEALTHY)
+            polls = series("windsurf_exporter_polls_total", group=HEALTHY)
             after = wait_for(
                 lambda: (
                     samples(text := running.scrape().text)[polls] >= samples(down)[polls] + 2
@@ -277,7 +283,7 @@ def test_fault_marks_group_down_and_keeps_last_good_data(scenario: Scenario, row
     assert errors(after, row.group, row.reason) >= 1
     others = [r.value for r in Reason if r.value != row.reason]
     assert [errors(after, row.group, r) for r in others] == [0] * len(others)
-    last_success = series("windsurf_exporter_last_success_timestamp_seconds", row.group)
+    last_success = series("windsurf_exporter_last_success_timestamp_seconds", group=row.group)
     assert after[last_success] == down[last_success], "last success must stay frozen"
     assert after[last_success] < scenario.requests_since_fault(row.group)[0].at
     kept = group_series(scenario.after_text, row.group)
@@ -289,7 +295,7 @@ def test_fault_marks_group_down_and_keeps_last_good_data(scenario: Scenario, row
 def test_fault_retries_only_what_is_worth_retrying(scenario: Scenario, row: Row) -> None:
     after = scenario.after
     failed = errors(after, row.group, row.reason)
-    outcome = series("windsurf_exporter_api_requests_total", row.group, outcome=row.reason)
+    outcome = series("windsurf_exporter_api_requests_total", group=row.group, outcome=row.reason)
     assert after[outcome] == failed * row.attempts
     # The fake API's own log: each poll is a burst of exactly `attempts` requests (the last one
     # may have been cut short by the stop), with a backoff wait between retries.
@@ -326,7 +332,7 @@ def test_healthy_group_is_untouched_by_the_others_faults(scenario: Scenario) -> 
     down, after = scenario.down, scenario.after
     assert up(after, HEALTHY) == 1
     assert [errors(after, HEALTHY, r.value) for r in Reason] == [0] * len(Reason)
-    success = series("windsurf_exporter_last_success_timestamp_seconds", HEALTHY)
+    success = series("windsurf_exporter_last_success_timestamp_seconds", group=HEALTHY)
     assert after[success] > down[success]
 
 
@@ -338,7 +344,7 @@ def test_no_fault_leaves_a_traceback(scenario: Scenario) -> None:
 @pytest.mark.parametrize("group", ["hang", "drip", "drip_head"])
 def test_hang_is_cut_at_the_timeout(scenario: Scenario, group: str) -> None:
     # Headers or a body dripping in under the read timeout are cut at the deadline too.
-    duration = scenario.after[series("windsurf_exporter_last_poll_duration_seconds", group)]
+    duration = scenario.after[series("windsurf_exporter_last_poll_duration_seconds", group=group)]
     assert 0.9 <= duration <= 1.5
 
 
@@ -392,7 +398,9 @@ def test_retry_after_inside_the_deadline_is_retried_after_the_wait(
         timeout=10,
         what="the rate-limited poll",
     )
-    outcome = series("windsurf_exporter_api_requests_total", "engineering", outcome="rate_limited")
+    outcome = series(
+        "windsurf_exporter_api_requests_total", group="engineering", outcome="rate_limited"
+    )
     assert metrics[outcome] == 2 * errors(metrics, "engineering", "rate_limited")
     first, second = since(fake_api, "engineering", faulted_at)[:2]
     assert second.at - first.at >= 1.0
@@ -475,7 +483,7 @@ def test_stale_data_is_dropped_after_max_staleness_but_health_stays(
     wait_for(
         lambda: (
             running.metrics()[
-                series("windsurf_exporter_last_success_timestamp_seconds", "research")
+                series("windsurf_exporter_last_success_timestamp_seconds", group="research")
             ]
             > time.time() + six_hours
         ),
@@ -488,7 +496,9 @@ def test_stale_data_is_dropped_after_max_staleness_but_health_stays(
         line for line in text.splitlines() if line.startswith("windsurf_user_")
     )
     assert up(metrics, "engineering") == 0
-    assert series("windsurf_exporter_last_success_timestamp_seconds", "engineering") in metrics
+    assert (
+        series("windsurf_exporter_last_success_timestamp_seconds", group="engineering") in metrics
+    )
     assert errors(metrics, "engineering", "server_error") >= 1
     assert group_series(text, "research"), "the live group keeps its data"
     wait_for(
@@ -519,7 +529,7 @@ def make_client() -> Iterator[Callable[..., Client]]:
 def fetch_error(client: Client, group: str = "engineering") -> tuple[ApiError, list[str]]:
     outcomes: list[str] = []
     with pytest.raises(ApiError) as caught:
-        client.fetch(group, WINDOW, outcomes.append)
+        client.call(page_request(group), decode_page, outcomes.append)
     return caught.value, outcomes
 
 
@@ -582,7 +592,7 @@ def test_connect_timeout_is_retried_within_the_deadline() -> None:
         transport=httpx.MockTransport(handler),
     )
     outcomes: list[str] = []
-    client.fetch("", WINDOW, outcomes.append)
+    client.call(page_request(""), decode_page, outcomes.append)
     client.close()
     assert outcomes == ["timeout", "success"]
     assert seen[0]["connect"] == 5.0, "a connect may take only part of the deadline"

@@ -7,14 +7,9 @@ from typing import Any
 
 import pytest
 
-from exporter.model import (
-    MalformedResponse,
-    Page,
-    build_report,
-    decode_page,
-    parse_number,
-    parse_time,
-)
+from exporter.sources.user_page import Page, build_report, decode_page
+from exporter.sources.values import parse_number, parse_time
+from exporter.state import MalformedResponse
 from tests.rows import ALICE
 
 BASE = calendar.timegm((2024, 10, 10, 22, 56, 10, 0, 0, 0))
@@ -208,11 +203,6 @@ def test_billing_cycle_is_read() -> None:
     )
 
 
-def test_error_field_is_kept() -> None:
-    assert decode_page({"error": "group not found"}).error == "group not found"
-    assert decode_page({"error": ""}).error is None
-
-
 @pytest.mark.parametrize("document", [[], "text", 3, {"userTableStats": {"a": 1}}])
 def test_wrong_shapes_are_malformed(document: Any) -> None:
     with pytest.raises(MalformedResponse):
@@ -271,3 +261,23 @@ def test_the_first_window_says_who_is_in_the_group() -> None:
     report = build_report([("7d", week), ("30d", month)])
     assert [u.email for u in report.users] == ["alice@example.com"]
     assert report.rows == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "20241010T225610Z",
+        "2024-10-10T22:56Z",
+        "2024-10-10T22:56:10+05",
+        "2024-10-10T22:56:10+05:30:00",
+        "2024-10-10T22:56:10.Z",
+        "2024-10-10T22:56:10 Z",
+        "2024-10-10T22:56:10.5",
+    ],
+)
+def test_iso_forms_that_are_not_rfc3339_mean_never(text: str) -> None:
+    assert parse_time(text) is None
+
+
+def test_a_leap_second_is_the_next_minute() -> None:
+    assert parse_time("2016-12-31T23:59:60Z") == calendar.timegm((2017, 1, 1, 0, 0, 0))

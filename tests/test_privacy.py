@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from exporter.collector import user_labels
 from exporter.config import ConfigError, parse_config
 from exporter.demo import FakeWindsurf, synthetic_team
-from exporter.model import UserStats, parse_time
-from tests.conftest import Running, samples, wait_for
+from exporter.sources.user_page import UserStats, user_labels
+from exporter.sources.values import parse_time
+from tests.conftest import Running, samples, series, wait_for
 
 DAY = 86400.0
 APPROVED = "USER_TEAM_STATUS_APPROVED"
@@ -86,10 +86,6 @@ def ops_rows(now: float) -> list[dict[str, Any]]:
         row(now, "gus@example.com", "Gus Gray", used_days={"lastChatUsageTime": 2},
             active=(1, 5), credits="75"),
     ]  # fmt: skip
-
-
-def series(metric: str, /, **labels: str) -> str:
-    return metric + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
 
 # Worked out by hand from the rows above, at the exporter's clock `now`:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from exporter.demo import FakeWindsurf, Fault
-from exporter.poller import Snapshot
+from exporter.state import Snapshot
 from tests.conftest import Process, Running, samples, wait_for
 
 FAST = {"poll": {"interval": "1s"}}
@@ -316,7 +316,7 @@ def test_concurrent_scrapes_during_polls_see_one_whole_snapshot(
             lambda: all(
                 new.polls >= old.polls + 10
                 for old, new in zip(
-                    first.groups, running.exporter.poller.snapshot.groups, strict=True
+                    first.states, running.exporter.poller.snapshot.states, strict=True
                 )
             ),
             timeout=30,

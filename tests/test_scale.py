@@ -19,13 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.collector import Collector
 from exporter.config import Config, Window
 from exporter.demo import FakeWindsurf, synthetic_team
-from exporter.model import FEATURES, build_report, decode_page
-from exporter.poller import GroupState, Snapshot
-from tests.test_collector import assert_gzip_is_the_plain_exposition
+from exporter.sources.user_page import FEATURES, build_report, decode_page
+from exporter.state import Snapshot
+from tests.test_collector import assert_gzip_is_the_plain_exposition, group_state
 
 USERS = 50_000
 GROUPS = tuple(f"group-{i:02d}" for i in range(10))
 NOW = 1_750_000_000.0
+pytestmark = pytest.mark.slow
 CONFIG = Config(groups=GROUPS, windows=(Window("7d", 7 * 86400.0), Window("30d", 30 * 86400.0)))
 Series = tuple[str, frozenset[tuple[str, str]]]
 
@@ -43,9 +44,9 @@ def snapshot() -> Snapshot:
                 assert status == 200
                 pages.append((window.label, decode_page(document)))
             groups.append(
-                GroupState(group, build_report(pages), up=True, last_success=NOW - 600, polls=1)
+                group_state(group, build_report(pages), up=True, last_success=NOW - 600, polls=1)
             )
-    return Snapshot(groups=tuple(groups), config=CONFIG)
+    return Snapshot(states=tuple(groups), config=CONFIG)
 
 
 def parsed(families: Iterable[Any]) -> dict[Series, float]:
@@ -62,7 +63,7 @@ def parsed(families: Iterable[Any]) -> dict[Series, float]:
 def expected_counts(snapshot: Snapshot) -> Counter[str]:
     """How many series of each per-user family the snapshot should give."""
     counts: Counter[str] = Counter()
-    for state in snapshot.groups:
+    for state in snapshot.states:
         assert state.report is not None
         for user in state.report.users:
             used = sum(t is not None for t in user.last_usage)
@@ -81,13 +82,13 @@ def check_agrees(snapshot: Snapshot, values: dict[Series, float]) -> None:
     names = Counter(name for name, _ in values)
     for name, count in expected_counts(snapshot).items():
         assert names[name] == count, name
-    assert names["windsurf_group_users"] == len(snapshot.groups)
+    assert names["windsurf_group_users"] == len(snapshot.states)
 
     def value(metric: str, /, **labels: str) -> float:
         return values[(metric, frozenset(labels.items()))]
 
     rng = random.Random(5)
-    for state in snapshot.groups:
+    for state in snapshot.states:
         assert state.report is not None
         g = state.name
         assert value("windsurf_group_users", group=g) == state.report.rows
@@ -129,7 +130,7 @@ def test_the_whole_text_exposition_parses_and_agrees_with_the_snapshot(
 def test_openmetrics_parses_and_agrees_too(snapshot: Snapshot) -> None:
     # Two groups (about 11,000 users): the OpenMetrics parser needs some 15 s for all 50,000,
     # and the formats differ only in their headers, which two groups cover as well.
-    two = Snapshot(snapshot.groups[:2], replace(CONFIG, groups=GROUPS[:2]))
+    two = Snapshot(snapshot.states[:2], replace(CONFIG, groups=GROUPS[:2]))
     text = Collector().render(two, NOW, openmetrics=True).decode()
     check_agrees(two, parsed(parse_openmetrics(text)))
 

@@ -32,9 +32,10 @@ from exporter.api import ApiError, Client
 from exporter.cli import Formatter
 from exporter.config import ApiConfig, Secret
 from exporter.demo import FakeWindsurf, Fault, synthetic_team
+from exporter.sources.user_page import decode_page
 from exporter.web import Authenticator
-from tests.conftest import ROOT, Process, Running, samples, wait_for, write_config_in
-from tests.test_faults import API, HEALTHY, POLL, ROWS, WINDOW
+from tests.conftest import ROOT, Process, Running, page_request, samples, wait_for, write_config_in
+from tests.test_faults import API, HEALTHY, POLL, ROWS
 
 # Short and not token-like, so only knowing the key (not a pattern) can keep it out of the text.
 SERVICE_KEY = "sk-Hunter2-rel"
@@ -375,7 +376,7 @@ def test_api_errors_never_carry_a_secret_in_str_repr_or_traceback(
         texts = []
         for group in faults:
             with pytest.raises(ApiError) as caught:
-                client.fetch(group, WINDOW)
+                client.call(page_request(group), decode_page)
             err = caught.value
             texts += [str(err), repr(err), "".join(traceback.format_exception(err))]
     finally:

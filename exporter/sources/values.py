@@ -1,0 +1,90 @@
+"""Upstream JSON values -> Python values, forgiving about what the Windsurf API really sends.
+
+Any field may be missing or null, 64-bit numbers may arrive as strings (protobuf JSON), times are
+RFC 3339 with 0-9 fraction digits and any offset. Every source reads its fields with these.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Any
+
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_UTC = "+00:00"
+
+
+def parse_time(value: Any) -> float | None:
+    """RFC 3339 -> Unix seconds; None for missing, malformed, or the zero time meaning 'never'.
+
+    `datetime.fromisoformat` does the calendar; it also takes forms RFC 3339 does not (no
+    offset, basic format, hours only, more fraction digits), so the shape is checked first.
+    """
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if len(text) < 20 or not text.isascii() or text[10] not in "Tt " or text[19] not in ".Zz+-":
+        return None
+    head, rest, fraction = text[:19], text[19:], ""
+    if rest[0] == ".":
+        digits = len(rest) - len(rest[1:].lstrip("0123456789")) - 1
+        fraction, rest = rest[1 : 1 + digits], rest[1 + digits :]
+        if not 1 <= digits <= 9:
+            return None
+    offset = _offset(rest)
+    if offset is None:
+        return None
+    leap = head[17:] == "60"  # a leap second is the next second's start
+    try:
+        seconds = datetime.fromisoformat(head[:17] + "59" + offset if leap else head + offset)
+    except ValueError:
+        return None
+    whole = seconds.timestamp() + leap
+    if whole <= 0:
+        return None
+    return whole + int(fraction) / 10 ** len(fraction) if fraction else whole
+
+
+def _offset(text: str) -> str | None:
+    """`Z`, `+hh:mm` or `+hhmm` -> `+hh:mm` (fromisoformat checks the hours); None otherwise."""
+    if text in ("Z", "z"):
+        return _UTC
+    if len(text) == 5:
+        text = text[:3] + ":" + text[3:]
+    if len(text) != 6 or text[0] not in "+-" or text[3] != ":" or not text[4:].isdigit():
+        return None
+    return text if text[4:] < "60" else None
+
+
+def parse_number(value: Any) -> float | None:
+    """A JSON number or a numeric string -> float; None for anything else (bools included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    if isinstance(value, str) and not _NUMBER.fullmatch(value.strip()):
+        return None  # float() would also take "1_000", "inf" spelled out, or non-ASCII digits
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):  # OverflowError: a JSON integer beyond a double
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_count(value: Any) -> float | None:
+    """Like parse_number, but absent or null is 0: protobuf JSON omits zero-valued fields."""
+    return 0.0 if value is None else parse_number(value)
+
+
+def parse_bool(value: Any) -> bool:
+    """true, "true" (any case), or a non-zero number or numeric string; all else is false."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        return text == "true" or (parse_number(text) or 0) != 0
+    if isinstance(value, bool):
+        return value
+    return (parse_number(value) or 0) != 0
+
+
+def text(value: Any) -> str:
+    """A string field; anything else (missing, null, a number) is empty."""
+    return value if isinstance(value, str) else ""
