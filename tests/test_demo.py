@@ -27,7 +27,7 @@ from exporter.demo import (
     synthetic_team,
     transliterate,
 )
-from exporter.model import parse_time
+from exporter.sources.values import parse_time
 from tests.conftest import launch
 
 NOW = 1_795_000_000.0 + 0.25  # 2026-11-18T10:26:40.25Z, a Wednesday
