@@ -170,6 +170,16 @@ class LabelConfig:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Bounds on what is built from one reply, whatever it holds (`max_response_size` bounds
+    only its bytes): what goes over them is cut, counted and logged."""
+
+    max_rows: int = 100_000
+    max_label_length: int = 256
+    max_label_values: int = 20
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     poll: PollConfig = field(default_factory=PollConfig)
@@ -181,6 +191,7 @@ class Config:
         Window("7d", 7 * 86400.0),
         Window("30d", 30 * 86400.0),
     )
+    limits: Limits = field(default_factory=Limits)
 
     def warnings(self) -> list[str]:
         """Legal settings an operator should still hear about."""
@@ -229,6 +240,11 @@ class Config:
             "labels": {k: v for k, v in labels.items() if v is not None},
             "per_user": self.per_user,
             "idle_thresholds": [w.label for w in self.idle_thresholds],
+            "limits": {
+                "max_rows": self.limits.max_rows,
+                "max_label_length": self.limits.max_label_length,
+                "max_label_values": self.limits.max_label_values,
+            },
         }
 
 
@@ -258,6 +274,7 @@ CONFIG_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
             "labels",
             "per_user",
             "idle_thresholds",
+            "limits",
         ),
         "api": (
             "url",
@@ -269,6 +286,7 @@ CONFIG_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         ),
         "poll": ("interval", "max_staleness", "concurrency"),
         "labels": ("user", "hash_salt_file"),
+        "limits": ("max_rows", "max_label_length", "max_label_values"),
     }
 )
 WEB_CONFIG_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -529,6 +547,7 @@ def parse_config(
     idle = reader.windows(raw, "idle_thresholds", Config.idle_thresholds)
     labels = _labels(reader, reader.section(raw, "labels", CONFIG_KEYS["labels"]))
     per_user = reader.boolean(raw, "per_user", "per_user", True)
+    limits = _limits(reader, reader.section(raw, "limits", CONFIG_KEYS["limits"]))
     reader.done(source)
     return Config(
         api=api,
@@ -538,6 +557,21 @@ def parse_config(
         labels=labels,
         per_user=per_user,
         idle_thresholds=idle,
+        limits=limits,
+    )
+
+
+def _limits(reader: _Reader, raw: Mapping[str, Any]) -> Limits:
+    default = Limits()
+    return Limits(
+        max_rows=reader.integer(raw, "max_rows", "limits.max_rows", default.max_rows, 1),
+        # Room for the `…` and 8 hex digits a cut value ends with.
+        max_label_length=reader.integer(
+            raw, "max_label_length", "limits.max_label_length", default.max_label_length, 16
+        ),
+        max_label_values=reader.integer(
+            raw, "max_label_values", "limits.max_label_values", default.max_label_values, 1
+        ),
     )
 
 

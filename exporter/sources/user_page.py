@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
+import math
 import sys
 import time
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from exporter.config import Config
+from exporter.config import Config, Limits
 from exporter.exposition import Ages, Family, labels, number, utf8
 from exporter.sources.base import Rendered, Request
-from exporter.sources.values import parse_bool, parse_count, parse_time, text
+from exporter.sources.values import bool_field, count_field, text_field, time_field
 from exporter.state import MalformedResponse
+
+log = logging.getLogger("exporter.user_page")
 
 METHOD = "UserPageAnalytics"
 FEATURES = ("autocomplete", "chat", "command")
@@ -38,6 +42,15 @@ _FEATURE_FIELDS = (
 )
 _APPROVED = "USER_TEAM_STATUS_APPROVED"
 _CACHED = " Cached from the last successful poll."
+_DAY = 86400.0
+# Impossible values are unusable, not data: counts are never negative, credits stay far below
+# where a sum of every row could overflow, activeDays fit the window asked (a day more for the
+# partial days at its ends), and times are not after the request, give or take clock skew.
+_MAX_CREDITS = 1e15
+_MAX_DAYS = 366 * 100.0  # a request without a window
+_CLOCK_SKEW = 3600.0
+_HEX = frozenset("0123456789abcdef")
+OTHER = "other"  # the role / team_status value of those over limits.max_label_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +85,16 @@ class UserStats:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One decoded UserPageAnalytics reply."""
+    """One decoded UserPageAnalytics reply: its rows with an email, each with the activeDays
+    of the request's window, and what reading it left out or could not use."""
 
-    rows: tuple[Mapping[str, Any], ...]
+    rows: tuple[UserStats, ...]
     billing_start: float | None
     billing_end: float | None
+    size: int = 0  # rows the reply held
+    no_email: int = 0
+    limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
+    unparsable: Mapping[str, int] = field(default_factory=dict)  # per field
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +109,15 @@ class Totals:
     by_role: tuple[tuple[str, int], ...] = ()
     # When each billable user was last active (or joined), ascending: idle counts bisect it.
     idle_since: tuple[float, ...] = ()
+    # Distinct roles and team statuses counted under `other` (limits.max_label_values).
+    folded: int = 0
 
 
-def totals(users: Sequence[UserStats], windows: Sequence[str]) -> Totals:
+def totals(
+    users: Sequence[UserStats], windows: Sequence[str], max_values: int = Limits.max_label_values
+) -> Totals:
+    by_status, folded_statuses = bounded(Counter(u.team_status for u in users), max_values)
+    by_role, folded_roles = bounded(Counter(u.role for u in users), max_values)
     return Totals(
         active=tuple(
             (window, sum(1 for u in users if u.active_days.get(window, 0) > 0))
@@ -101,12 +125,24 @@ def totals(users: Sequence[UserStats], windows: Sequence[str]) -> Totals:
         ),
         billable=sum(1 for u in users if u.billable),
         prompt_credits=sum(u.prompt_credits or 0 for u in users),
-        by_team_status=tuple(sorted(Counter(u.team_status for u in users).items())),
-        by_role=tuple(sorted(Counter(u.role for u in users).items())),
+        by_team_status=by_status,
+        by_role=by_role,
         idle_since=tuple(
             sorted(u.idle_since for u in users if u.billable and u.idle_since is not None)
         ),
+        folded=folded_statuses + folded_roles,
     )
+
+
+def bounded(counts: Counter[str], most: int) -> tuple[tuple[tuple[str, int], ...], int]:
+    """The `most` commonest values (ties by value) with their counts, the rest summed under
+    `other`, sorted by value; and how many distinct values went to `other`."""
+    if len(counts) <= most:
+        return tuple(sorted(counts.items())), 0
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    kept = Counter(dict(ranked[:most]))
+    kept[OTHER] += sum(count for _, count in ranked[most:])
+    return tuple(sorted(kept.items())), len(ranked) - most
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +155,8 @@ class GroupReport:
     billing_start: float | None = None
     billing_end: float | None = None
     totals: Totals = field(default_factory=Totals)
+    limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
+    unparsable: Mapping[str, int] = field(default_factory=dict)  # per field
 
 
 def request_body(group: str, start: float, end: float) -> dict[str, str]:
@@ -132,8 +170,12 @@ def _rfc3339(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def decode_page(document: Any) -> Page:
-    """Top-level reply -> Page; protobuf JSON omits an empty userTableStats: absent means none."""
+def decode_page(document: Any, request: Request | None = None) -> Page:
+    """Top-level reply -> Page; protobuf JSON omits an empty userTableStats: absent means none.
+
+    Reads at most `limits.max_rows` rows, each value within bounds: an impossible one (see
+    `_Reader`) is unknown and counted, so a hostile reply costs no more than a plain one.
+    """
     if not isinstance(document, dict):
         raise MalformedResponse(f"expected a JSON object, got {type(document).__name__}")
     rows = document.get("userTableStats")
@@ -141,14 +183,99 @@ def decode_page(document: Any) -> Page:
         rows = []
     if not isinstance(rows, list):
         raise MalformedResponse("userTableStats is not a list")
+    reader = _Reader(request or Request(METHOD, {}, ""))
+    kept = rows[: reader.limits.max_rows]
+    users = [u for u in map(reader.user, kept) if u is not None]
     return Page(
-        rows=tuple(rows),
-        billing_start=parse_time(document.get("billingCycleStart")),
-        billing_end=parse_time(document.get("billingCycleEnd")),
+        rows=tuple(users),
+        billing_start=reader.time(document, "billingCycleStart"),
+        billing_end=reader.time(document, "billingCycleEnd", math.inf),
+        size=len(rows),
+        no_email=len(kept) - len(users),
+        limited={"max_rows": len(rows) - len(kept), "max_label_length": reader.cut},
+        unparsable=dict(reader.unparsable),
     )
 
 
-def build_report(pages: Sequence[tuple[str, Page]]) -> GroupReport:
+class _Reader:
+    """Reads one reply's values against its request: times not after it was asked (plus clock
+    skew), activeDays within its window, credits and counts not negative nor absurd, strings
+    as label values can hold them. Counts what it cannot use, and the strings it cuts."""
+
+    def __init__(self, request: Request) -> None:
+        window = request.window
+        self.limits = request.limits
+        self.window = window.label if window else ""
+        self.max_days = math.ceil(window.seconds / _DAY) + 1 if window else _MAX_DAYS
+        asked = request.asked_at
+        self.latest = math.inf if asked is None else asked + _CLOCK_SKEW
+        self.unparsable: Counter[str] = Counter()
+        self.cut = 0
+
+    def _bad(self, key: str, bad: bool) -> None:
+        if bad:
+            self.unparsable[key] += 1
+
+    def time(self, row: Mapping[str, Any], key: str, latest: float | None = None) -> float | None:
+        value, bad = time_field(row.get(key), self.latest if latest is None else latest)
+        self._bad(key, bad)
+        return value
+
+    def count(self, row: Mapping[str, Any], key: str, maximum: float) -> float | None:
+        value, bad = count_field(row.get(key), maximum)
+        self._bad(key, bad)
+        return value
+
+    def text(self, row: Mapping[str, Any], key: str) -> str:
+        value, bad = text_field(row.get(key))
+        self._bad(key, bad)
+        label, cut = label_value(value.strip() if key == "email" else value, self.limits)
+        self.cut += cut
+        return label
+
+    def user(self, row: Any) -> UserStats | None:
+        """A row with an email -> its UserStats; None for a row with no email."""
+        if not isinstance(row, dict):
+            return None
+        email = self.text(row, "email")
+        if not email:
+            return None
+        usage = [self.time(row, f) for f in _FEATURE_FIELDS]
+        days = self.count(row, "activeDays", self.max_days)
+        disabled, bad = bool_field(row.get("disableCodeium"))
+        self._bad("disableCodeium", bad)
+        return UserStats(
+            email=email,
+            name=self.text(row, "name"),
+            # A handful of values repeated on every row: one string each, not one per user.
+            role=sys.intern(self.text(row, "role")),
+            team_status=sys.intern(self.text(row, "teamStatus")),
+            disabled=disabled,
+            signup=self.time(row, "signupTime"),
+            last_usage=(usage[0], usage[1], usage[2]),
+            prompt_credits=self.count(row, "promptCreditsUsed", _MAX_CREDITS),
+            active_days={} if days is None else {self.window: days},
+        )
+
+
+def label_value(value: str, limits: Limits) -> tuple[str, bool]:
+    """Any string JSON can carry -> one a label can hold, and whether it was cut: valid UTF-8
+    (a lone surrogate becomes U+FFFD) of at most `limits.max_label_length` characters, a longer
+    one keeping its start and ending in `…` and 8 hex digits of its hash, so cut values stay
+    distinct."""
+    if not value.isascii():
+        value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    most = limits.max_label_length
+    if len(value) <= most:
+        return value, False
+    return f"{value[: most - 9]}…{_digest(value)[:8]}", True
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None) -> GroupReport:
     """Merge one group's pages (one per window) into users keyed by email, with its aggregates.
 
     The first page says who is in the group (windsurf_group_users counts its rows); later
@@ -156,56 +283,48 @@ def build_report(pages: Sequence[tuple[str, Page]]) -> GroupReport:
     for the next poll. Rows without an email have no stable identity and are skipped; a
     repeated email keeps its first row, so the exposition never holds duplicate series.
     """
-    users: dict[str, dict[str, Any]] = {}
-    skipped = 0
-    for index, (window, page) in enumerate(pages):
-        for row in page.rows:
-            email = text(row.get("email")).strip() if isinstance(row, dict) else ""
-            if not email:
-                skipped += index == 0
-                continue
-            if email not in users:
-                if index > 0:
-                    continue
-                users[email] = {"row": row, "active": {}}
-            elif index == 0:
-                skipped += 1
-                continue
-            days = parse_count(row.get("activeDays"))
-            if days is not None:
-                users[email]["active"].setdefault(window, days)
+    limits = limits or Limits()
     first = pages[0][1] if pages else Page((), None, None)
-    stats = tuple(_user(email, u["row"], u["active"]) for email, u in users.items())
+    users: dict[str, UserStats] = {}
+    skipped = first.no_email
+    for user in first.rows:
+        if user.email in users:
+            skipped += 1
+        else:
+            users[user.email] = user
+    later: dict[str, dict[str, float]] = {}
+    for _, page in pages[1:]:
+        for user in page.rows:
+            if user.email in users:
+                days = later.setdefault(user.email, {})
+                for window, count in user.active_days.items():
+                    days.setdefault(window, count)
+    stats = tuple(
+        replace(u, active_days={**u.active_days, **later[e]}) if e in later else u
+        for e, u in users.items()
+    )
+    agg = totals(stats, [window for window, _ in pages], limits.max_label_values)
+    limited: Counter[str] = Counter({"max_label_values": agg.folded})
+    unparsable: Counter[str] = Counter()
+    for _, page in pages:
+        limited.update(page.limited)
+        unparsable.update(page.unparsable)
     return GroupReport(
         users=stats,
-        rows=len(first.rows),
+        rows=first.size,
         skipped=skipped,
         billing_start=first.billing_start,
         billing_end=first.billing_end,
-        totals=totals(stats, [window for window, _ in pages]),
-    )
-
-
-def _user(email: str, row: Mapping[str, Any], active: Mapping[str, float]) -> UserStats:
-    usage = tuple(parse_time(row.get(f)) for f in _FEATURE_FIELDS)
-    return UserStats(
-        email=email,
-        name=text(row.get("name")),
-        # A handful of values repeated on every row: one string each, not one per user.
-        role=sys.intern(text(row.get("role"))),
-        team_status=sys.intern(text(row.get("teamStatus"))),
-        disabled=parse_bool(row.get("disableCodeium")),
-        signup=parse_time(row.get("signupTime")),
-        last_usage=(usage[0], usage[1], usage[2]),
-        prompt_credits=parse_count(row.get("promptCreditsUsed")),
-        active_days=dict(active),
+        totals=agg,
+        limited=dict(sorted(limited.items())),
+        unparsable=dict(sorted(unparsable.items())),
     )
 
 
 def user_hash(email: str, salt: str = "") -> str:
     """`hash` mode's pseudonym: follows a user across polls, groups and restarts without
     saying who it is (SHA-256 of the salt and the lower-cased email, in hex)."""
-    return hashlib.sha256((salt + email.lower()).encode()).hexdigest()
+    return _digest(salt + email.lower())
 
 
 def user_labels(
@@ -213,16 +332,20 @@ def user_labels(
 ) -> list[tuple[str, list[tuple[str, str]]]]:
     """Each user's `user` label and extra info labels in the configured labels.user mode.
 
-    Only `email` mode shows emails and names. Names repeat, so in `name` mode a name shared
-    within the group, or an empty one, gets ` #` and 8 hex digits of the user's salted email
-    hash: distinct series that do not depend on the order of the rows.
+    Only `email` mode shows emails and names. In every mode the labels are distinct (see
+    `distinct`): names repeat, and two emails may differ only in case or in what was cut.
     """
     mode = config.labels.user
     salt = config.labels.hash_salt.reveal()
     if mode == "email":
+        values = [u.email for u in users]
+    else:
+        values = [user_hash(u.email, salt) if mode == "hash" else u.name for u in users]
+    names = distinct(values, [u.email for u in users], salt)
+    if mode == "email":
         return [
             (
-                u.email,
+                name,
                 [
                     ("name", u.name),
                     ("email", u.email),
@@ -230,18 +353,34 @@ def user_labels(
                     ("team_status", u.team_status),
                 ],
             )
-            for u in users
+            for name, u in zip(names, users, strict=True)
         ]
-    values = [user_hash(u.email, salt) if mode == "hash" else u.name for u in users]
+    return [
+        (name, [("role", u.role), ("team_status", u.team_status)])
+        for name, u in zip(names, users, strict=True)
+    ]
+
+
+def distinct(values: Sequence[str], emails: Sequence[str], salt: str) -> list[str]:
+    """`values` made distinct, whatever they hold: a value that is empty, repeated, or could be
+    mistaken for a suffixed one gets ` #` and 8 hex digits of the user's salted email hash,
+    independent of the order of the rows; where those collide too, all 64. Emails are distinct."""
     taken = Counter(values)
-    out = []
-    for user, value in zip(users, values, strict=True):
-        label = value
-        if taken[value] > 1 or not value:
-            suffix = hashlib.sha256((salt + user.email).encode()).hexdigest()[:8]
-            label = f"{value} #{suffix}".lstrip()
-        out.append((label, [("role", user.role), ("team_status", user.team_status)]))
-    return out
+    out = [
+        f"{v} #{_digest(salt + e)[:8]}".lstrip() if taken[v] > 1 or _suffixed(v) else v
+        for v, e in zip(values, emails, strict=True)
+    ]
+    again = Counter(out)
+    return [
+        f"{v} #{_digest(salt + e)}".lstrip() if again[o] > 1 else o
+        for v, e, o in zip(values, emails, out, strict=True)
+    ]
+
+
+def _suffixed(value: str) -> bool:
+    """Empty, or ending like a disambiguated value (` #` and 8 or more hex digits)."""
+    _, sep, tail = (" " + value).rpartition(" #")
+    return not value or (bool(sep) and len(tail) >= 8 and all(c in _HEX for c in tail))
 
 
 def _f(name: str, help_: str, type_: str = "gauge") -> Family:
@@ -307,6 +446,17 @@ USER_IDLE = _f(
 GROUP_IDLE = _f(
     "windsurf_group_idle_users", "Billable users idle longer than idle_for, at scrape time."
 )
+LIMITED = _f(
+    "windsurf_exporter_limited_values",
+    "Values of the group's last poll cut to fit limits.<limit>: rows left out (max_rows), strings"
+    " shortened (max_label_length), roles and statuses counted as other (max_label_values)."
+    + _CACHED,
+)
+UNPARSABLE = _f(
+    "windsurf_exporter_unparsable_values",
+    "Values of the group's last poll read as unknown, by field: malformed, or impossible"
+    " (negative, absurdly large, after the request)." + _CACHED,
+)
 
 
 class UserPage:
@@ -332,6 +482,8 @@ class UserPage:
         USER_AGE,
         USER_IDLE,
         GROUP_IDLE,
+        LIMITED,
+        UNPARSABLE,
     )
 
     def targets(self, config: Config) -> tuple[str, ...]:
@@ -342,23 +494,42 @@ class UserPage:
 
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
         return tuple(
-            Request(METHOD, request_body(target, now - w.seconds, now), target, w)
+            Request(
+                METHOD, request_body(target, now - w.seconds, now), target, w, now, config.limits
+            )
             for w in config.windows
         )
 
     def parse(self, request: Request, document: Any) -> Page:
-        return decode_page(document)
+        return decode_page(document, request)
 
     def report(
         self, config: Config, target: str, replies: Sequence[tuple[Request, Any]]
     ) -> GroupReport:
-        return build_report([(r.window.label if r.window else "", page) for r, page in replies])
+        pages = [(r.window.label if r.window else "", page) for r, page in replies]
+        report = build_report(pages, config.limits)
+        log_losses(target, report)
+        return report
 
     def render(self, config: Config, target: str, report: GroupReport) -> Rendered:
         return render_group(target, report, config)
 
 
 USER_PAGE = UserPage()
+
+
+def log_losses(group: str, report: GroupReport) -> None:
+    """One warning per poll that cut values to fit the limits or could not use some."""
+    cut = [f"{n} over limits.{limit}" for limit, n in report.limited.items() if n]
+    bad = [f"{field} {n}" for field, n in report.unparsable.items()]
+    if not cut and not bad:
+        return
+    log.warning(
+        "reply read with losses: %s; unusable values read as unknown: %s",
+        ", ".join(cut) or "nothing cut",
+        ", ".join(bad) or "none",
+        extra={"group": group or "(whole team)"},
+    )
 
 
 def render_group(group: str, report: GroupReport, config: Config) -> Rendered:
@@ -383,6 +554,10 @@ def render_group(group: str, report: GroupReport, config: Config) -> Rendered:
         add(GROUP_STATUS, [g, ("team_status", status)], count)
     for role, count in agg.by_role:
         add(GROUP_ROLE, [g, ("role", role)], count)
+    for limit in ("max_rows", "max_label_length", "max_label_values"):
+        add(LIMITED, [g, ("limit", limit)], report.limited.get(limit, 0))
+    for key, count in report.unparsable.items():
+        add(UNPARSABLE, [g, ("field", key)], count)
     ages: list[tuple[str, float]] = []
     idle: list[tuple[str, float]] = []
     if config.per_user:
