@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from exporter.config import Window
+from exporter.sources.base import Request
 from exporter.sources.user_page import Page, build_report, decode_page
 from exporter.sources.values import parse_number, parse_time
 from exporter.state import MalformedResponse
@@ -94,8 +96,11 @@ def test_numbers_may_arrive_as_strings(value: Any, expected: float | None) -> No
     assert parse_number(value) == expected
 
 
-def page(rows: list[Any], **extra: Any) -> Page:
-    return decode_page({"userTableStats": rows, **extra})
+def page(rows: list[Any], window: str = "30d", **extra: Any) -> Page:
+    """A reply for `window`, long enough for the example rows' activeDays: the reference's
+    example answers the default window, a year."""
+    request = Request("UserPageAnalytics", {}, "", Window(window, 366 * 86400.0))
+    return decode_page({"userTableStats": rows, **extra}, request)
 
 
 def test_documented_row_is_read() -> None:
@@ -167,7 +172,7 @@ def test_idle_since_is_the_latest_use_or_the_signup() -> None:
 
 
 def test_windows_are_merged_by_email() -> None:
-    week = page([{**ALICE, "activeDays": 5}, {"email": "bob@example.com", "activeDays": 2}])
+    week = page([{**ALICE, "activeDays": 5}, {"email": "bob@example.com", "activeDays": 2}], "7d")
     month = page([{"email": "bob@example.com", "activeDays": "9"}, {**ALICE, "activeDays": 20}])
     report = build_report([("7d", week), ("30d", month)])
     assert {u.email: dict(u.active_days) for u in report.users} == {
@@ -184,7 +189,7 @@ def test_rows_without_email_or_repeated_are_skipped_and_counted() -> None:
 
 
 def test_an_empty_group_may_omit_the_list() -> None:
-    report = build_report([("30d", decode_page({"billingCycleStart": "2024-10-01T00:00:00Z"}))])
+    report = build_report([("30d", page([], billingCycleStart="2024-10-01T00:00:00Z"))])
     assert report.users == ()
     assert report.rows == 0
     assert report.billing_start == calendar.timegm((2024, 10, 1, 0, 0, 0))
@@ -256,7 +261,7 @@ def test_disabled_accepts_booleans_and_numbers(value: Any, disabled: bool) -> No
 
 
 def test_the_first_window_says_who_is_in_the_group() -> None:
-    week = page([{**ALICE, "activeDays": 5}])
+    week = page([{**ALICE, "activeDays": 5}], "7d")
     month = page([{**ALICE, "activeDays": 20}, {"email": "late@example.com", "activeDays": 1}])
     report = build_report([("7d", week), ("30d", month)])
     assert [u.email for u in report.users] == ["alice@example.com"]

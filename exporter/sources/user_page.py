@@ -85,12 +85,13 @@ class UserStats:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One decoded UserPageAnalytics reply: its rows with an email, each with the activeDays
-    of the request's window, and what reading it left out or could not use."""
+    """One decoded UserPageAnalytics reply: its rows with an email, the activeDays of each
+    (None: unknown), and what reading it left out or could not use."""
 
     rows: tuple[UserStats, ...]
     billing_start: float | None
     billing_end: float | None
+    active_days: tuple[float | None, ...] = ()
     size: int = 0  # rows the reply held
     no_email: int = 0
     limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
@@ -187,9 +188,10 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
     kept = rows[: reader.limits.max_rows]
     users = [u for u in map(reader.user, kept) if u is not None]
     return Page(
-        rows=tuple(users),
+        rows=tuple(u for u, _ in users),
         billing_start=reader.time(document, "billingCycleStart"),
         billing_end=reader.time(document, "billingCycleEnd", math.inf),
+        active_days=tuple(days for _, days in users),
         size=len(rows),
         no_email=len(kept) - len(users),
         limited={"max_rows": len(rows) - len(kept), "max_label_length": reader.cut},
@@ -205,7 +207,6 @@ class _Reader:
     def __init__(self, request: Request) -> None:
         window = request.window
         self.limits = request.limits
-        self.window = window.label if window else ""
         self.max_days = math.ceil(window.seconds / _DAY) + 1 if window else _MAX_DAYS
         asked = request.asked_at
         self.latest = math.inf if asked is None else asked + _CLOCK_SKEW
@@ -233,8 +234,8 @@ class _Reader:
         self.cut += cut
         return label
 
-    def user(self, row: Any) -> UserStats | None:
-        """A row with an email -> its UserStats; None for a row with no email."""
+    def user(self, row: Any) -> tuple[UserStats, float | None] | None:
+        """A row with an email -> its UserStats and activeDays; None for a row with no email."""
         if not isinstance(row, dict):
             return None
         email = self.text(row, "email")
@@ -244,7 +245,7 @@ class _Reader:
         days = self.count(row, "activeDays", self.max_days)
         disabled, bad = bool_field(row.get("disableCodeium"))
         self._bad("disableCodeium", bad)
-        return UserStats(
+        stats = UserStats(
             email=email,
             name=self.text(row, "name"),
             # A handful of values repeated on every row: one string each, not one per user.
@@ -254,8 +255,8 @@ class _Reader:
             signup=self.time(row, "signupTime"),
             last_usage=(usage[0], usage[1], usage[2]),
             prompt_credits=self.count(row, "promptCreditsUsed", _MAX_CREDITS),
-            active_days={} if days is None else {self.window: days},
         )
+        return stats, days
 
 
 def label_value(value: str, limits: Limits) -> tuple[str, bool]:
@@ -264,7 +265,7 @@ def label_value(value: str, limits: Limits) -> tuple[str, bool]:
     one keeping its start and ending in `…` and 8 hex digits of its hash, so cut values stay
     distinct."""
     if not value.isascii():
-        value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        value = value.encode("utf-8", "replace").decode()
     most = limits.max_label_length
     if len(value) <= most:
         return value, False
@@ -286,23 +287,20 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
     limits = limits or Limits()
     first = pages[0][1] if pages else Page((), None, None)
     users: dict[str, UserStats] = {}
+    active: dict[str, dict[str, float]] = {}
     skipped = first.no_email
-    for user in first.rows:
-        if user.email in users:
-            skipped += 1
-        else:
-            users[user.email] = user
-    later: dict[str, dict[str, float]] = {}
-    for _, page in pages[1:]:
-        for user in page.rows:
-            if user.email in users:
-                days = later.setdefault(user.email, {})
-                for window, count in user.active_days.items():
-                    days.setdefault(window, count)
-    stats = tuple(
-        replace(u, active_days={**u.active_days, **later[e]}) if e in later else u
-        for e, u in users.items()
-    )
+    for index, (window, page) in enumerate(pages):
+        for user, days in zip(page.rows, page.active_days, strict=True):
+            if index == 0 and user.email in users:
+                skipped += 1
+                continue
+            if index == 0:
+                users[user.email], active[user.email] = user, {}
+            elif user.email not in users:
+                continue
+            if days is not None:
+                active[user.email].setdefault(window, days)
+    stats = tuple(replace(u, active_days=active[e]) for e, u in users.items())
     agg = totals(stats, [window for window, _ in pages], limits.max_label_values)
     limited: Counter[str] = Counter({"max_label_values": agg.folded})
     unparsable: Counter[str] = Counter()
