@@ -45,7 +45,9 @@ def test_real_process_serves_the_api_data(
     exporter_process: Callable[..., Process],
 ) -> None:
     fake_api.overrides["engineering"] = ROWS
-    proc = exporter_process("--config.file", str(write_config(_config(fake_api))))
+    # The example's activeDays answer the API's default window, a year: more than 30d holds.
+    config = _config(fake_api, active_days_windows=["365d"])
+    proc = exporter_process("--config.file", str(write_config(config)))
     wait_for(lambda: httpx.get(proc.url + "/-/ready").status_code == 200, what="readiness")
 
     first_at = time.time()
@@ -53,7 +55,7 @@ def test_real_process_serves_the_api_data(
     assert first['windsurf_up{group="engineering"}'] == 1
     assert first['windsurf_up{group="research"}'] == 1
     assert first[f"windsurf_user_prompt_credits_used{{{ALICE}}}"] == 12500
-    assert first[f'windsurf_user_active_days{{{ALICE},window="30d"}}'] == 178
+    assert first[f'windsurf_user_active_days{{{ALICE},window="365d"}}'] == 178
     assert (
         first[f'windsurf_user_last_usage_timestamp_seconds{{{ALICE},feature="autocomplete"}}']
         == ALICE_AUTOCOMPLETE
