@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -47,9 +48,10 @@ def cpu_seconds(pid: int) -> float:
 
 @contextmanager
 def exporter(
-    fake: FakeWindsurf, interval: str, *command: str
+    fake: FakeWindsurf, interval: str, *command: str, **extra: Any
 ) -> Iterator[tuple[int, str, list[str]]]:
-    """The exporter as a process (after `command`, e.g. prlimit): pid, URL and its log lines."""
+    """The exporter as a process (after `command`, e.g. prlimit): pid, URL and its log lines;
+    `extra` adds top-level config keys."""
     with tempfile.TemporaryDirectory() as directory:
         key = Path(directory, "key")
         key.write_text(DEMO_SERVICE_KEY)
@@ -58,6 +60,7 @@ def exporter(
             "api": {"url": fake.url, "service_key_file": str(key), "timeout": "60s"},
             "poll": {"interval": interval},
             "groups": ["engineering"],
+            **extra,
         }
         config.write_text(yaml.safe_dump(raw))
         proc = subprocess.Popen(
