@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 import httpx
+from hostile import exporter, peak_mib
 
-from bench.hostile import exporter, peak_mib
 from exporter.demo import FakeWindsurf, synthetic_team
 from exporter.sources.values import parse_number
 
