@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from exporter.config import Window
+from exporter.config import Limits, Window
 from exporter.sources.base import Request
-from exporter.sources.user_page import Page, build_report, decode_page
-from exporter.sources.values import parse_number, parse_time
+from exporter.sources.user_page import Page, build_report, decode_page, distinct, label_value
+from exporter.sources.values import count_field, parse_number, parse_time, time_field
 from exporter.state import MalformedResponse
 from tests.rows import ALICE
 
@@ -286,3 +286,43 @@ def test_iso_forms_that_are_not_rfc3339_mean_never(text: str) -> None:
 
 def test_a_leap_second_is_the_next_minute() -> None:
     assert parse_time("2016-12-31T23:59:60Z") == calendar.timegm((2017, 1, 1, 0, 0, 0))
+
+
+def test_numbers_longer_than_any_the_api_writes_are_refused() -> None:
+    assert parse_number("9" * 30_000 + "x") is None
+    assert parse_number("1" * 65) is None
+    assert parse_number("1" * 64) == float("1" * 64)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, (0.0, False)), (-1, (None, True)), ("1e308", (None, True)), (31, (31.0, False))],
+)
+def test_counts_outside_their_bounds_are_unusable(value: Any, expected: Any) -> None:
+    assert count_field(value, 31) == expected
+
+
+def test_times_after_the_request_are_unusable_and_the_zero_time_is_never() -> None:
+    assert time_field("9999-12-31T23:59:59Z", BASE) == (None, True)
+    assert time_field("0001-01-01T00:00:00Z", BASE) == (None, False)
+    assert time_field("2024-10-10T22:56:10Z", BASE) == (BASE, False)
+
+
+def test_cut_label_values_keep_their_start_and_stay_distinct() -> None:
+    one, cut = label_value("a" * 300 + "1", Limits())
+    two, _ = label_value("a" * 300 + "2", Limits())
+    assert cut
+    assert one != two
+    assert len(one) == len(two) == Limits().max_label_length
+    assert one.startswith("a" * 200)
+    assert label_value("bad \ud800", Limits()) == ("bad ?", False)
+
+
+def test_distinct_labels_whatever_the_values() -> None:
+    values = ["", "", "Sam", "Sam", "Ann", "Ann #0123abcd"]
+    emails = [f"{i}@example.com" for i in range(len(values))]
+    out = distinct(values, emails, "salt")
+    assert len(set(out)) == len(out)
+    assert out[4] == "Ann"
+    assert out[2].startswith("Sam #")
+    assert out[5].startswith("Ann #0123abcd #")

@@ -1,7 +1,9 @@
 """Upstream JSON values -> Python values, forgiving about what the Windsurf API really sends.
 
 Any field may be missing or null, 64-bit numbers may arrive as strings (protobuf JSON), times are
-RFC 3339 with 0-9 fraction digits and any offset. Every source reads its fields with these.
+RFC 3339 with 0-9 fraction digits and any offset. Every source reads its fields with these;
+the work per value is bounded whatever its length, and the `*_field` readers also say when a
+value is unusable (malformed or impossible), so a source can count it.
 """
 
 from __future__ import annotations
@@ -81,16 +83,6 @@ def parse_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def parse_count(value: Any) -> float | None:
-    """Like parse_number, but absent or null is 0: protobuf JSON omits zero-valued fields."""
-    return 0.0 if value is None else parse_number(value)
-
-
-def parse_bool(value: Any) -> bool:
-    """true, "true" (any case), or a non-zero number or numeric string; all else is false."""
-    return bool_field(value)[0]
-
-
 # The field readers below say, besides the value, whether the upstream sent one that is not
 # usable (malformed or impossible): read as unknown and counted, never exported as data.
 
@@ -132,8 +124,3 @@ def text_field(value: Any) -> tuple[str, bool]:
     if value is None:
         return "", False
     return (value, False) if isinstance(value, str) else ("", True)
-
-
-def text(value: Any) -> str:
-    """A string field; anything else (missing, null, a number) is empty."""
-    return value if isinstance(value, str) else ""
