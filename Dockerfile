@@ -3,6 +3,8 @@
 # uv.lock into a venv, and copy only that venv into a slim runtime that runs as a numeric
 # non-root user. Build:  docker build -t windsurf-exporter .
 # Run:    docker run -p 9929:9929 windsurf-exporter --demo
+# For real it reads /etc/windsurf-exporter/config/config.yaml and, if the config names it, the
+# key at /etc/windsurf-exporter/secrets/service-key: the paths the Kubernetes manifests mount.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
@@ -45,4 +47,4 @@ EXPOSE 9929
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9929/-/healthy', timeout=4)"]
 ENTRYPOINT ["windsurf-exporter"]
-CMD ["--config.file=/etc/windsurf-exporter/config.yaml"]
+CMD ["--config.file=/etc/windsurf-exporter/config/config.yaml"]

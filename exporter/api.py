@@ -197,7 +197,7 @@ class Client:
             raise ApiError(
                 Reason.CONNECTION, f"cannot reach {self._api.url}: {self._clean(str(err))}"
             ) from None
-        return self._decode(response, content, parse)
+        return self._decode(response, content, parse, deadline)
 
     def _read(self, response: httpx.Response, deadline: float) -> bytes:
         limit = self._api.max_response_bytes
@@ -216,9 +216,13 @@ class Client:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _decode(self, response: httpx.Response, content: bytes, parse: Callable[[Any], T]) -> T:
+    def _decode(
+        self, response: httpx.Response, content: bytes, parse: Callable[[Any], T], deadline: float
+    ) -> T:
+        """The reply's JSON, parsed; decoding and parsing count against the deadline too."""
         status = response.status_code
         document = _json(content)
+        self._in_time(deadline, "decoded")
         # The one place the upstream's `error` field is read: it fails any call that carries it.
         failed = isinstance(document, dict) and document.get("error") not in (None, "")
         upstream = self._clean(str(document["error"])) if failed else ""
@@ -233,9 +237,14 @@ class Client:
             record = parse(document)
         except MalformedResponse as err:
             raise ApiError(Reason.INVALID_RESPONSE, str(err)) from None
+        self._in_time(deadline, "read")
         if failed:
             raise ApiError(Reason.API_ERROR, f"the API answered with an error: {upstream}")
         return record
+
+    def _in_time(self, deadline: float, done: str) -> None:
+        if self._clocks.monotonic() > deadline:
+            raise ApiError(Reason.TIMEOUT, f"reply not {done} within {self._api.timeout:g}s")
 
     def _status_error(self, response: httpx.Response, upstream: str) -> ApiError:
         status = response.status_code

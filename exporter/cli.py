@@ -12,17 +12,28 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from exporter import __version__
 from exporter.api import Clocks
 from exporter.collector import Collector
-from exporter.config import Config, ConfigError, Secret, Window, load_config
-from exporter.demo import DEMO_GROUPS, DEMO_SERVICE_KEY, FakeWindsurf
+from exporter.config import (
+    Config,
+    ConfigError,
+    Secret,
+    WebConfig,
+    Window,
+    load_config,
+    load_web_config,
+    to_yaml,
+)
 from exporter.poller import Poller
-from exporter.web import App, Server, load_web_config
+from exporter.web import App, Server
+
+if TYPE_CHECKING:  # the fake API is imported only when --demo runs it
+    from exporter.demo import FakeWindsurf
 
 DEFAULT_PORT = 9929
 DEFAULT_CONFIG = "config.yaml"
@@ -35,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="windsurf-exporter",
         description="Prometheus exporter for Windsurf (Codeium) seat usage and prompt credits.",
+        allow_abbrev=False,  # `--config` must not pass for --config.file or --config.check
     )
     add = parser.add_argument
     add(
@@ -69,7 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
         dest="web_config_file",
         default=None,
         metavar="PATH",
-        help="exporter-toolkit web config: TLS and basic auth",
+        help="exporter-toolkit web config: TLS and basic auth; re-read on reload",
+    )
+    add(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="allow POST /-/reload (off by default, as in Prometheus; SIGHUP always reloads)",
+    )
+    add(
+        "--web.max-connections",
+        dest="max_connections",
+        type=_positive,
+        default=64,
+        metavar="N",
+        help="clients connected at once; more wait to be accepted (default 64)",
+    )
+    add(
+        "--web.max-requests",
+        dest="max_requests",
+        type=_natural,
+        default=8,
+        metavar="N",
+        help="/metrics renders in memory at once (scrapes arriving during a render share it);"
+        " a scrape that would need one more gets 503; 0 for no limit (default 8)",
     )
     add(
         "--log.level",
@@ -92,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--version", action="version", version=f"windsurf-exporter {__version__}")
     return parser
+
+
+def _natural(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    value = _natural(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -155,6 +203,8 @@ def setup_logging(
 
 def demo_config(url: str, base: Config | None = None) -> Config:
     """The config --demo runs: the given one (or a showcase) pointed at the fake API."""
+    from exporter.demo import DEMO_GROUPS, DEMO_SERVICE_KEY  # noqa: PLC0415 (only for --demo)
+
     if base is None:
         base = Config(
             groups=DEMO_GROUPS, windows=(Window("7d", 7 * 86400.0), Window("30d", 30 * 86400.0))
@@ -168,9 +218,7 @@ def _announce(message: str, config: Config, **fields: Any) -> None:
     """Log a config coming into force: its warnings, then one line with it, secrets redacted."""
     for warning in config.warnings():
         log.warning(warning)
-    log.info(
-        message, extra={**fields, "config": json.dumps(config.redacted(), separators=(",", ":"))}
-    )
+    log.info(message, extra={**fields, "config": to_yaml(config.redacted(), one_line=True)})
 
 
 class Exporter:
@@ -186,7 +234,11 @@ class Exporter:
         self.clock = clock
         self.environ = os.environ if environ is None else environ
         self._reload_lock = threading.Lock()
-        self.fake = FakeWindsurf(clock=clock).start() if args.demo else None
+        self.fake: FakeWindsurf | None = None
+        if args.demo:
+            from exporter.demo import FakeWindsurf  # noqa: PLC0415 (only for --demo)
+
+            self.fake = FakeWindsurf(clock=clock).start()
         try:
             self.config = self.load()
             web = load_web_config(args.web_config_file)
@@ -206,6 +258,9 @@ class Exporter:
             config_summary=self.summary,
             telemetry_path=args.telemetry_path,
             web=web,
+            lifecycle=args.enable_lifecycle,
+            max_connections=args.max_connections,
+            max_requests=args.max_requests,
         )
         self.server: Server | None = None
 
@@ -244,10 +299,12 @@ class Exporter:
         self.poller.start()
 
     def reload(self) -> tuple[bool, str]:
-        """Re-read the config; a bad one is logged and the running one kept."""
+        """Re-read the config and the web config; if either is bad, it is logged and both
+        running ones are kept."""
         with self._reload_lock:
             try:
                 config = self.load()
+                web = load_web_config(self.args.web_config_file)
             except ConfigError as err:
                 log.error(
                     "config reload failed, keeping the running config: %s",
@@ -256,6 +313,7 @@ class Exporter:
                 )
                 return False, f"reload failed, running config kept:\n{err}"
             self.config = config
+            self.app.web = web
             self.poller.reconfigure(config)
             _announce("config reloaded", config)
             return True, "config reloaded"
@@ -324,14 +382,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    path = args.config_file or DEFAULT_CONFIG
+    """--config.check: validate the config and the web config, each reported, both at once."""
+    ok = True
     try:
-        config = load_config(path, require_key=not args.demo)
-        load_web_config(args.web_config_file)
+        print(f"OK: {_check_config(args)}")
     except ConfigError as err:
         print(f"FAILED: {err}")
-        return EXIT_FAILURE
+        ok = False
+    if args.web_config_file:
+        try:
+            web = load_web_config(args.web_config_file)
+            print(f"OK: {args.web_config_file} is valid ({_describe_web(web)})")
+        except ConfigError as err:
+            print(f"FAILED: {err}")
+            ok = False
+    return 0 if ok else EXIT_FAILURE
+
+
+def _check_config(args: argparse.Namespace) -> str:
+    """Validate the config the flags name, print its warnings, and say what was found."""
+    path = args.config_file or (None if args.demo else DEFAULT_CONFIG)
+    if path is None:
+        config = demo_config("http://127.0.0.1")
+        found = "no config file, --demo runs its built-in config"
+    else:
+        config = load_config(path, require_key=not args.demo)
+        found = f"{path} is valid"
     for warning in config.warnings():
         print(f"WARNING: {warning}")
-    print(f"OK: {path} is valid ({len(config.groups)} group(s), {len(config.windows)} window(s))")
-    return 0
+    return f"{found} ({len(config.groups)} group(s), {len(config.windows)} window(s))"
+
+
+def _describe_web(web: WebConfig) -> str:
+    tls = "TLS" if web.tls else "plain HTTP"
+    return f"{tls}, {len(web.users)} basic auth user(s)"

@@ -118,9 +118,16 @@ def _polled(old: SourceState, result: PollResult) -> SourceState:
             up=True,
             last_success=result.attempted_at,
             last_error=None,
+            last_error_message=None,
         )
     reason = result.failure.reason
-    return replace(state, up=False, last_error=reason, errors=_bump(old.errors, reason.value))
+    return replace(
+        state,
+        up=False,
+        last_error=reason,
+        last_error_message=str(result.failure),
+        errors=_bump(old.errors, reason.value),
+    )
 
 
 def _bump(counts: Mapping[str, int], key: str) -> Mapping[str, int]:

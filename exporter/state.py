@@ -65,6 +65,7 @@ class SourceState:
     last_attempt: float | None = None
     last_duration: float | None = None
     last_error: Reason | None = None
+    last_error_message: str | None = None  # the failure's one redacted line, for the landing page
     polls: int = 0
     errors: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     requests: Mapping[str, int] = field(default_factory=lambda: _EMPTY)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -10,19 +13,25 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from exporter import __version__
 from exporter.cli import parse_listen_address
-from exporter.demo import FakeWindsurf
+from exporter.config import load_config, parse_config
+from exporter.demo import FakeWindsurf, Fault
+from exporter.web import accepts_gzip, wants_openmetrics
 from tests.conftest import ROOT, Process, Running, wait_for
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, python: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`python -m exporter ARGS` in `cwd`, with only PATH (or `env`) in its environment."""
     return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
+        [sys.executable, *python, "-m", "exporter", *args],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         env=env or {"PATH": "/usr/bin:/bin"},
         timeout=60,
         check=False,
@@ -173,11 +182,14 @@ def test_content_negotiation(sales: Running, fake_api: FakeWindsurf) -> None:
         ("gzip;q=0, *", False),
         ("*", True),
         ("GZIP;q=0.5", True),
+        ("gzip;q=nan", False),
+        ("gzip;q=2", False),
+        ("gzip;q=-1", False),
+        ("", False),
     ],
 )
-def test_gzip_follows_every_spelling_of_q(sales: Running, accept_encoding: str, gzip: bool) -> None:
-    response = sales.scrape(**{"Accept-Encoding": accept_encoding})
-    assert (response.headers.get("content-encoding") == "gzip") is gzip
+def test_gzip_follows_every_spelling_of_q(accept_encoding: str, gzip: bool) -> None:
+    assert accepts_gzip(accept_encoding) is gzip
 
 
 @pytest.mark.parametrize(
@@ -187,11 +199,178 @@ def test_gzip_follows_every_spelling_of_q(sales: Running, accept_encoding: str, 
         ("text/plain;q=0.5,application/openmetrics-text", True),
         ("Application/OpenMetrics-Text", True),
         ("application/openmetrics-text;q=0", False),
+        ("application/openmetrics-text;q=nan", False),
+        ("application/openmetrics-text;version=2.0.0", False),
         ("*/*", False),
         ("", False),
     ],
 )
 def test_the_format_follows_the_clients_preference(accept: str, openmetrics: bool) -> None:
-    from exporter.web import _wants_openmetrics
+    assert wants_openmetrics(accept) is openmetrics
 
-    assert _wants_openmetrics(accept) is openmetrics
+
+def test_abbreviated_flags_are_refused_not_guessed() -> None:
+    result = run("--config=x")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --config=x" in result.stderr
+
+
+def test_demo_config_check_needs_no_config_file(tmp_path: Path) -> None:
+    result = run("--demo", "--config.check", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (
+        0,
+        "OK: no config file, --demo runs its built-in config (5 group(s), 2 window(s))\n",
+    )
+
+
+def test_config_check_says_the_web_config_is_valid_too(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: DENY\n")
+    config = write_config({"groups": ["eng"]})
+    result = run("--config.check", "--config.file", str(config), "--web.config.file", str(web))
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        f"OK: {config} is valid (1 group(s), 1 window(s))",
+        f"OK: {web} is valid (plain HTTP, 0 basic auth user(s))",
+    ]
+
+
+def test_config_check_reports_a_bad_config_and_a_bad_web_config_together(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users: [a]\n")
+    config = write_config({"poll": {"interval": "often"}})
+    result = run("--config.check", "--config.file", str(config), "--web.config.file", str(web))
+    assert result.returncode == 1
+    assert "poll.interval: 'often' is not a duration" in result.stdout
+    assert "basic_auth_users: must be a mapping of user name to bcrypt hash" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def imported_modules(importtime: str) -> set[str]:
+    """Module names from `python -X importtime` output."""
+    return {line.rsplit("|", 1)[-1].strip() for line in importtime.splitlines() if "|" in line}
+
+
+def test_the_fake_api_is_imported_only_for_demo(
+    write_config: Callable[..., Path],
+    fake_api: FakeWindsurf,
+    exporter_process: Callable[..., Process],
+) -> None:
+    config = write_config({"api": {"url": fake_api.url}, "groups": ["sales"]})
+    checked = run("--config.check", "--config.file", str(config), python=("-X", "importtime"))
+    assert "exporter.cli" in imported_modules(checked.stderr)
+    assert "exporter.demo" not in imported_modules(checked.stderr)
+    demo = run("--demo", "--config.check", python=("-X", "importtime"))
+    assert "exporter.demo" in imported_modules(demo.stderr)
+
+    proc = exporter_process(
+        "--config.file", str(config), command=[sys.executable, "-X", "importtime", "-m", "exporter"]
+    )
+    wait_for(lambda: httpx.get(proc.url + "/-/ready").status_code == 200, what="readiness")
+    modules = imported_modules("".join(proc.lines))
+    assert "exporter.poller" in modules
+    assert "exporter.demo" not in modules
+
+
+def test_startup_log_shows_the_config_as_one_line_of_yaml_that_parses_back(
+    sales_config: Path, exporter_process: Callable[..., Process]
+) -> None:
+    proc = exporter_process("--config.file", str(sales_config), "--log.format", "json")
+    startup = json.loads(next(line for line in proc.lines if "starting windsurf-exporter" in line))
+    assert "max_response_size: 64MiB" in startup["config"]
+    assert "\n" not in startup["config"]
+    pasted = parse_config(yaml.safe_load(startup["config"]), environ={})
+    assert pasted == load_config(str(sales_config), environ={})
+
+
+WHEN = 1795632000.0  # the injected wall clock: 2026-11-25 18:40:00 UTC
+
+
+def test_landing_page_shows_when_each_group_was_polled_and_why_one_failed(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+) -> None:
+    fake_api.set_fault(
+        "research",
+        Fault(401, body=json.dumps({"error": f"key {fake_api.service_key} refused"}).encode()),
+    )
+    config = write_config({"api": {"url": fake_api.url}, "groups": ["sales", "research"]})
+    page = start_exporter("--config.file", str(config), clock=lambda: WHEN).scrape("/").text
+    rows = {
+        cells[0]: cells[1:]
+        for cells in (
+            [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(<td>.*?)</tr>", page)
+        )
+    }
+    when = "2026-11-25 18:40:00 UTC (0s ago)"
+    sales_users = str(len([m for m in fake_api.team if "sales" in m.groups]))
+    assert rows["sales"] == ["up", when, when, sales_users, "-"]
+    down, polled, succeeded, users, error = rows["research"]
+    assert (down, polled, succeeded, users) == ("down", when, "never", "-")
+    assert error.startswith(f"{when}: auth: HTTP 401, the service key was refused")
+    assert error.endswith("<redacted> refused")
+    assert fake_api.service_key not in page
+
+
+def test_landing_page_config_pastes_back_as_the_same_config(sales: Running) -> None:
+    page = sales.scrape("/").text
+    (block,) = re.findall(r"<pre>(.*?)</pre>", page, re.DOTALL)
+    text = html.unescape(block)
+    assert "max_response_size: 64MiB" in text
+    assert parse_config(yaml.safe_load(text), environ={}) == sales.exporter.config
+
+
+def readme_block(heading: str) -> str:
+    """The first ```sh block under a README heading."""
+    section = (ROOT / "README.md").read_text().split(f"\n{heading}\n", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_running_it_for_real_works_as_written_with_only_the_key(tmp_path: Path) -> None:
+    """The README's commands run by bash in an empty directory with the repository's example
+    file; `uv run windsurf-exporter` is this checkout's exporter, and since this machine cannot
+    reach the real API, the final start is checked with --config.check instead."""
+    block = readme_block("## Running it for real")
+    assert "cp config.example.yaml config.yaml" in block
+    shim = tmp_path / "bin" / "uv"
+    shim.parent.mkdir()
+    shim.write_text(
+        "#!/bin/sh\n"
+        '[ "$1 $2" = "run windsurf-exporter" ] || exit 99\n'
+        "shift 2\n"
+        'case " $* " in *" --config.check "*) ;; *) set -- --config.check "$@";; esac\n'
+        f'exec {sys.executable} -m exporter "$@"\n'
+    )
+    shim.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(ROOT / "config.example.yaml", work)
+    result = subprocess.run(
+        ["bash", "-euc", block],
+        cwd=work,
+        env={"PATH": f"{shim.parent}:/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        input="sk-typed-at-the-prompt\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("OK: config.yaml is valid") == 2
+
+
+def test_copied_example_passes_config_check_with_only_the_key_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    shutil.copy(ROOT / "config.example.yaml", tmp_path / "config.yaml")
+    result = run("--config.check", cwd=tmp_path, env={"WINDSURF_SERVICE_KEY": "sk-from-env"})
+    assert (result.returncode, result.stdout) == (
+        0,
+        "OK: config.yaml is valid (2 group(s), 1 window(s))\n",
+    )

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
 
 from exporter.config import (
+    CONFIG_KEYS,
+    WEB_CONFIG_UNSUPPORTED,
+    Config,
     ConfigError,
     Secret,
+    WebConfig,
     format_duration,
     load_config,
+    load_web_config,
     parse_config,
     parse_duration,
+    parse_web_config,
+    to_yaml,
 )
 from tests.conftest import ROOT
 
@@ -72,31 +81,22 @@ def test_defaults_need_only_a_key() -> None:
     assert [w.label for w in config.windows] == ["30d"]
 
 
-def test_full_config_is_read() -> None:
-    config = parse_config(
-        {
-            "api": {
-                "url": "https://eu.windsurf.example/",
-                "timeout": "10s",
-                "retries": 1,
-                "max_response_size": "2MiB",
-            },
-            "poll": {"interval": "5m", "max_staleness": "1h", "concurrency": 2},
-            "groups": ["engineering", "research"],
-            "active_days_windows": ["7d", "30d"],
-        },
-        environ=KEY_ENV,
-    )
-    assert config.api.url == "https://eu.windsurf.example"
-    assert (config.api.timeout, config.api.retries) == (10, 1)
-    assert config.api.max_response_bytes == 2 * 1024 * 1024
+def test_full_config_is_read(tmp_path: Path) -> None:
+    config = a_full_config(tmp_path)
+    assert config.api.url == "https://eu.windsurf.example/base"
+    assert config.api.service_key.reveal() == "sk-file"
+    assert (config.api.timeout, config.api.retries, config.api.retry_backoff) == (90, 0, 0.25)
+    assert config.api.max_response_bytes == 1000 * 1000
     assert (config.poll.interval, config.poll.max_staleness, config.poll.concurrency) == (
-        300,
-        3600,
+        7 * 86400,
+        36 * 3600,
         2,
     )
-    assert config.groups == ("engineering", "research")
-    assert [(w.label, w.seconds) for w in config.windows] == [("7d", 604800), ("30d", 2592000)]
+    assert config.groups == ("eng", "it's: odd")
+    assert [(w.label, w.seconds) for w in config.windows] == [("7d", 604800), ("90d", 7776000)]
+    assert (config.labels.user, config.labels.hash_salt.reveal()) == ("hash", "pepper")
+    assert config.per_user is False
+    assert [w.label for w in config.idle_thresholds] == ["14d"]
 
 
 def test_every_problem_is_reported_at_once_with_its_key_path() -> None:
@@ -206,47 +206,222 @@ def test_groups_absent_or_empty_mean_the_whole_team() -> None:
     assert parse_config({"groups": None}, environ=KEY_ENV).groups == ("",)
 
 
-def _keys(raw: dict[str, Any], prefix: str = "") -> set[str]:
-    out = set()
-    for key, value in raw.items():
-        out.add(prefix + key)
-        if isinstance(value, dict):
-            out |= _keys(value, f"{prefix}{key}.")
-    return out
-
-
-def test_example_config_is_valid_and_shows_every_key(tmp_path: Path) -> None:
+def test_example_config_is_valid_and_shows_every_key_the_parser_knows(tmp_path: Path) -> None:
     text = (ROOT / "config.example.yaml").read_text()
-    raw = yaml.safe_load(text)
-    key_file = tmp_path / "key"
-    key_file.write_text("sk")
-    raw["api"]["service_key_file"] = str(key_file)
-    config = parse_config(raw, environ={})
+    config = parse_config(yaml.safe_load(text), environ=KEY_ENV)
     assert config.groups == ("engineering", "research")
     # Every key the parser knows appears in the example, commented out or not.
-    for key in (
-        "api.url",
-        "api.service_key_file",
-        "api.timeout",
-        "api.max_response_size",
-        "api.retries",
-        "api.retry_backoff",
-        "poll.interval",
-        "poll.max_staleness",
-        "poll.concurrency",
-        "groups",
-        "active_days_windows",
-        "labels.user",
-        "labels.hash_salt_file",
-        "per_user",
-        "idle_thresholds",
-    ):
-        leaf = key.rsplit(".", 1)[-1]
-        assert f"{leaf}:" in text, key
+    for section, keys in CONFIG_KEYS.items():
+        for key in keys:
+            assert re.search(rf"^ *#? *{key}:", text, re.MULTILINE), f"{section}.{key}".strip(".")
     with pytest.raises(ConfigError) as caught:
-        parse_config({**raw, "api": {**raw["api"], "bogus": 1}}, environ={})
+        parse_config({"api": {"bogus": 1}}, environ=KEY_ENV)
     assert caught.value.problems == [
-        "api.bogus: unknown key (expected one of: max_response_size, retries, retry_backoff,"
-        " service_key_file, timeout, url)"
+        f"api.bogus: unknown key (expected one of: {', '.join(sorted(CONFIG_KEYS['api']))})"
     ]
-    assert _keys(raw) >= {"api.url", "poll.interval", "labels.user"}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(902.03, "15m2s"), (0.923, "923ms"), (0.9996, "1s"), (0, "0s"), (86400 + 61.4, "1d1m1s")],
+)
+def test_durations_in_messages_are_rounded_to_what_a_person_reads(
+    seconds: float, text: str
+) -> None:
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://server.codeium.com/api/v1/UserPageAnalytics",
+        "https://server.codeium.com/api/v1",
+        "https://proxy.example/windsurf/api/v1/",
+    ],
+)
+def test_a_url_that_already_holds_the_api_path_is_refused_saying_so(url: str) -> None:
+    (problem,) = problems({"api": {"url": url}})
+    assert problem.startswith(f"api.url: {url!r} already ends in the API path '/api/v1")
+    assert "give the base URL only" in problem
+
+
+def test_a_base_path_before_the_api_path_is_kept() -> None:
+    config = parse_config({"api": {"url": "https://proxy.example/windsurf/"}}, environ=KEY_ENV)
+    assert config.api.url == "https://proxy.example/windsurf"
+
+
+@pytest.mark.parametrize(
+    "url", ["https://alice:hunter2@server.codeium.com", "https://hunter2@server.codeium.com"]
+)
+def test_credentials_in_the_url_are_refused_without_echoing_them(url: str) -> None:
+    (problem,) = problems({"api": {"url": url}})
+    assert problem.startswith("api.url: must not hold credentials")
+    assert "hunter2" not in problem
+
+
+def test_an_empty_key_file_is_reported_together_with_other_problems(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("\n")
+    found = problems({"api": {"service_key_file": str(key), "timeout": "soon"}}, environ={})
+    assert [p.split(":")[0] for p in found] == ["api.service_key_file", "api.timeout"]
+    assert found[0] == f"api.service_key_file: {str(key)!r} is empty"
+
+
+def test_placeholder_key_and_salt_are_refused(tmp_path: Path) -> None:
+    key, salt = tmp_path / "service-key", tmp_path / "hash-salt"
+    key.write_text("REPLACE-with-a-service-key-with-Teams-Read-only-permission")
+    salt.write_text("REPLACE-with-a-long-random-string\n")
+    found = problems(
+        {
+            "api": {"service_key_file": str(key)},
+            "labels": {"user": "hash", "hash_salt_file": str(salt)},
+        }
+    )
+    assert found == [
+        f"api.service_key_file: {str(key)!r} holds a REPLACE-... placeholder;"
+        " put the real value there",
+        f"labels.hash_salt_file: {str(salt)!r} holds a REPLACE-... placeholder;"
+        " put the real value there",
+    ]
+    assert problems({}, environ={"WINDSURF_SERVICE_KEY": "REPLACE-me"}) == [
+        "api.service_key_file: $WINDSURF_SERVICE_KEY holds a REPLACE-... placeholder;"
+        " put the real value there"
+    ]
+
+
+def a_full_config(tmp_path: Path) -> Config:
+    """A config that sets every key away from its default, with key and salt files."""
+    key, salt = tmp_path / "service-key", tmp_path / "hash-salt"
+    key.write_text("sk-file\n")
+    salt.write_text("pepper\n")
+    return parse_config(
+        {
+            "api": {
+                "url": "https://eu.windsurf.example/base/",
+                "service_key_file": str(key),
+                "timeout": "1m30s",
+                "max_response_size": "1000KB",
+                "retries": 0,
+                "retry_backoff": "250ms",
+            },
+            "poll": {"interval": "168h", "max_staleness": "1d12h", "concurrency": 2},
+            "groups": ["eng", "it's: odd"],
+            "active_days_windows": ["1w", "90d"],
+            "labels": {"user": "hash", "hash_salt_file": str(salt)},
+            "per_user": False,
+            "idle_thresholds": ["14d"],
+        },
+        environ={},
+    )
+
+
+@pytest.mark.parametrize("one_line", [False, True])
+def test_the_effective_config_pasted_back_is_the_same_config(
+    tmp_path: Path, one_line: bool
+) -> None:
+    config = a_full_config(tmp_path)
+    text = to_yaml(config.redacted(), one_line=one_line)
+    assert (len(text.splitlines()) == 1) is one_line
+    assert "max_response_size: 1MB" in text
+    assert "sk-file" not in text
+    assert "pepper" not in text
+    assert parse_config(yaml.safe_load(text), environ={}) == config
+
+
+def test_the_effective_config_says_where_a_key_without_a_file_comes_from() -> None:
+    config = parse_config({}, environ=KEY_ENV)
+    for one_line in (False, True):
+        text = to_yaml(config.redacted(), one_line=one_line)
+        assert "# api.service_key_file: <unset: from $WINDSURF_SERVICE_KEY>" in text
+        assert "sk-from-env" not in text
+        assert parse_config(yaml.safe_load(text), environ=KEY_ENV) == config
+
+
+def web_problems(raw: Any) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_web_config(raw)
+    return caught.value.problems
+
+
+def test_web_config_wrong_types_are_all_reported_by_path_not_crashed() -> None:
+    found = web_problems(
+        {
+            "basic_auth_users": ["a"],
+            "http_server_config": [1],
+            "tls_server_config": {"cert_file": 5, "key_file": "/k", "min_version": ["TLS12"]},
+            "colour": "red",
+        }
+    )
+    assert found == [
+        "colour: unknown key (expected one of: basic_auth_users, http_server_config,"
+        " tls_server_config)",
+        "tls_server_config.cert_file: 5 must be a file path",
+        "tls_server_config.min_version: ['TLS12'] must be one of: TLS10, TLS11, TLS12, TLS13",
+        "basic_auth_users: must be a mapping of user name to bcrypt hash",
+        "http_server_config: must be a mapping of headers, http2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "key", ["cipher_suites", "curve_preferences", "prefer_server_cipher_suites"]
+)
+def test_web_config_keys_not_implemented_are_refused_not_ignored(key: str) -> None:
+    problem = web_problems({"tls_server_config": {key: "x", "cert_file": "/c"}})[0]
+    assert problem.startswith(f"tls_server_config.{key}: not implemented by windsurf-exporter")
+    assert key in WEB_CONFIG_UNSUPPORTED
+
+
+def test_web_config_users_headers_and_http2_are_checked() -> None:
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    found = web_problems(
+        {
+            "basic_auth_users": {"ok": hashed, "bad": "plain", "a:b": hashed, 7: hashed},
+            "http_server_config": {
+                "headers": {"X-Frame-Options": "DENY", "Bad Name": "x", "X-Inject": "a\r\nb"},
+                "http2": True,
+            },
+        }
+    )
+    assert [p.split(": ")[0] for p in found] == [
+        "basic_auth_users.bad",
+        "basic_auth_users.a:b",
+        "basic_auth_users.7",
+        "http_server_config.headers.Bad Name",
+        "http_server_config.headers.X-Inject",
+        "http_server_config.http2",
+    ]
+    web = parse_web_config(
+        {"basic_auth_users": {"ok": hashed}, "http_server_config": {"headers": {"X-A": "1"}}}
+    )
+    assert (dict(web.users), dict(web.headers), web.tls) == (
+        {"ok": hashed.encode()},
+        {"X-A": "1"},
+        None,
+    )
+
+
+def test_web_config_tls_needs_both_files_and_loadable_ones(tmp_path: Path) -> None:
+    assert web_problems(
+        {"tls_server_config": {"client_auth_type": "RequireAndVerifyClientCert"}}
+    ) == [
+        "tls_server_config.cert_file: required to serve TLS",
+        "tls_server_config.key_file: required to serve TLS",
+        "tls_server_config.client_ca_file: required by client_auth_type RequireAndVerifyClientCert",
+    ]
+    (problem,) = web_problems(
+        {"tls_server_config": {"cert_file": str(tmp_path / "c"), "key_file": str(tmp_path / "k")}}
+    )
+    assert problem.startswith("tls_server_config.cert_file: cannot load with key_file:")
+
+
+def test_web_config_yaml_errors_name_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text("basic_auth_users:\n  a: [unclosed\n")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(str(path))
+    (problem,) = caught.value.problems
+    assert re.fullmatch(r"line \d+, column \d+: .+", problem)
+
+
+def test_no_web_config_means_plain_http_without_auth() -> None:
+    assert load_web_config(None) == WebConfig()

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from exporter.demo import FakeWindsurf, Fault, Member
+from exporter.demo import DEMO_GROUPS, FakeWindsurf, Fault, Member, synthetic_team
 from exporter.sources.values import parse_time
 from tests.conftest import Process, Running, samples, wait_for
 from tests.rows import ALICE as ALICE_ROW
@@ -45,7 +45,9 @@ def test_real_process_serves_the_api_data(
     exporter_process: Callable[..., Process],
 ) -> None:
     fake_api.overrides["engineering"] = ROWS
-    proc = exporter_process("--config.file", str(write_config(_config(fake_api))))
+    # The example's activeDays answer the API's default window, a year: more than 30d holds.
+    config = _config(fake_api, active_days_windows=["365d"])
+    proc = exporter_process("--config.file", str(write_config(config)))
     wait_for(lambda: httpx.get(proc.url + "/-/ready").status_code == 200, what="readiness")
 
     first_at = time.time()
@@ -53,7 +55,7 @@ def test_real_process_serves_the_api_data(
     assert first['windsurf_up{group="engineering"}'] == 1
     assert first['windsurf_up{group="research"}'] == 1
     assert first[f"windsurf_user_prompt_credits_used{{{ALICE}}}"] == 12500
-    assert first[f'windsurf_user_active_days{{{ALICE},window="30d"}}'] == 178
+    assert first[f'windsurf_user_active_days{{{ALICE},window="365d"}}'] == 178
     assert (
         first[f'windsurf_user_last_usage_timestamp_seconds{{{ALICE},feature="autocomplete"}}']
         == ALICE_AUTOCOMPLETE
@@ -196,9 +198,11 @@ def test_demo_mode_needs_no_key_and_shows_a_team(
     wait_for(lambda: httpx.get(proc.url + "/-/ready").status_code == 200, what="readiness")
     text = httpx.get(proc.url + "/metrics").text
     metrics = samples(text)
-    for group in ("engineering", "research", "design", "sales", "support"):
+    team = synthetic_team()  # what --demo serves
+    for group in DEMO_GROUPS:
         assert metrics[f'windsurf_up{{group="{group}"}}'] == 1
-        assert metrics[f'windsurf_group_users{{group="{group}"}}'] > 20
+        members = sum(1 for m in team if group in m.groups)
+        assert metrics[f'windsurf_group_users{{group="{group}"}}'] == members
     idle = [v for k, v in metrics.items() if k.startswith("windsurf_user_idle_seconds")]
     assert max(idle) > 20 * 86400  # idle seats exist
     assert any('team_status="USER_TEAM_STATUS_PENDING"' in k for k in metrics)

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from exporter.sources.user_page import Page, build_report, decode_page
-from exporter.sources.values import parse_number, parse_time
+from exporter.config import Limits, Window
+from exporter.sources.base import Request
+from exporter.sources.user_page import Page, build_report, decode_page, distinct, label_value
+from exporter.sources.values import count_field, parse_number, parse_time, time_field
 from exporter.state import MalformedResponse
 from tests.rows import ALICE
 
@@ -94,8 +96,11 @@ def test_numbers_may_arrive_as_strings(value: Any, expected: float | None) -> No
     assert parse_number(value) == expected
 
 
-def page(rows: list[Any], **extra: Any) -> Page:
-    return decode_page({"userTableStats": rows, **extra})
+def page(rows: list[Any], window: str = "30d", **extra: Any) -> Page:
+    """A reply for `window`, long enough for the example rows' activeDays: the reference's
+    example answers the default window, a year."""
+    request = Request("UserPageAnalytics", {}, "", Window(window, 366 * 86400.0))
+    return decode_page({"userTableStats": rows, **extra}, request)
 
 
 def test_documented_row_is_read() -> None:
@@ -167,7 +172,7 @@ def test_idle_since_is_the_latest_use_or_the_signup() -> None:
 
 
 def test_windows_are_merged_by_email() -> None:
-    week = page([{**ALICE, "activeDays": 5}, {"email": "bob@example.com", "activeDays": 2}])
+    week = page([{**ALICE, "activeDays": 5}, {"email": "bob@example.com", "activeDays": 2}], "7d")
     month = page([{"email": "bob@example.com", "activeDays": "9"}, {**ALICE, "activeDays": 20}])
     report = build_report([("7d", week), ("30d", month)])
     assert {u.email: dict(u.active_days) for u in report.users} == {
@@ -184,7 +189,7 @@ def test_rows_without_email_or_repeated_are_skipped_and_counted() -> None:
 
 
 def test_an_empty_group_may_omit_the_list() -> None:
-    report = build_report([("30d", decode_page({"billingCycleStart": "2024-10-01T00:00:00Z"}))])
+    report = build_report([("30d", page([], billingCycleStart="2024-10-01T00:00:00Z"))])
     assert report.users == ()
     assert report.rows == 0
     assert report.billing_start == calendar.timegm((2024, 10, 1, 0, 0, 0))
@@ -256,7 +261,7 @@ def test_disabled_accepts_booleans_and_numbers(value: Any, disabled: bool) -> No
 
 
 def test_the_first_window_says_who_is_in_the_group() -> None:
-    week = page([{**ALICE, "activeDays": 5}])
+    week = page([{**ALICE, "activeDays": 5}], "7d")
     month = page([{**ALICE, "activeDays": 20}, {"email": "late@example.com", "activeDays": 1}])
     report = build_report([("7d", week), ("30d", month)])
     assert [u.email for u in report.users] == ["alice@example.com"]
@@ -281,3 +286,43 @@ def test_iso_forms_that_are_not_rfc3339_mean_never(text: str) -> None:
 
 def test_a_leap_second_is_the_next_minute() -> None:
     assert parse_time("2016-12-31T23:59:60Z") == calendar.timegm((2017, 1, 1, 0, 0, 0))
+
+
+def test_numbers_longer_than_any_the_api_writes_are_refused() -> None:
+    assert parse_number("9" * 30_000 + "x") is None
+    assert parse_number("1" * 65) is None
+    assert parse_number("1" * 64) == float("1" * 64)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, (0.0, False)), (-1, (None, True)), ("1e308", (None, True)), (31, (31.0, False))],
+)
+def test_counts_outside_their_bounds_are_unusable(value: Any, expected: Any) -> None:
+    assert count_field(value, 31) == expected
+
+
+def test_times_after_the_request_are_unusable_and_the_zero_time_is_never() -> None:
+    assert time_field("9999-12-31T23:59:59Z", BASE) == (None, True)
+    assert time_field("0001-01-01T00:00:00Z", BASE) == (None, False)
+    assert time_field("2024-10-10T22:56:10Z", BASE) == (BASE, False)
+
+
+def test_cut_label_values_keep_their_start_and_stay_distinct() -> None:
+    one, cut = label_value("a" * 300 + "1", Limits())
+    two, _ = label_value("a" * 300 + "2", Limits())
+    assert cut
+    assert one != two
+    assert len(one) == len(two) == Limits().max_label_length
+    assert one.startswith("a" * 200)
+    assert label_value("bad \ud800", Limits()) == ("bad ?", False)
+
+
+def test_distinct_labels_whatever_the_values() -> None:
+    values = ["", "", "Sam", "Sam", "Ann", "Ann #0123abcd"]
+    emails = [f"{i}@example.com" for i in range(len(values))]
+    out = distinct(values, emails, "salt")
+    assert len(set(out)) == len(out)
+    assert out[4] == "Ann"
+    assert out[2].startswith("Sam #")
+    assert out[5].startswith("Ann #0123abcd #")

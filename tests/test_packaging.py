@@ -203,3 +203,83 @@ def test_image_healthcheck_command_passes_on_a_live_exporter_and_fails_on_none(
     process.proc.terminate()
     process.proc.wait(timeout=10)
     assert subprocess.run(live, capture_output=True, timeout=10, check=False).returncode != 0
+
+
+def docker_section() -> str:
+    return (ROOT / "README.md").read_text().split("\n### Container\n", 1)[1].split("\n### ", 1)[0]
+
+
+def run_like_the_image(
+    installed: Path, root: Path, mounts: dict[str, Path], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """The image's ENTRYPOINT and CMD, from the installed console script, with each `-v` mount's
+    file copied to its path under `root` and the paths the CMD names moved there too;
+    --config.check added, as no real API is reachable from here."""
+    for target, source in mounts.items():
+        local = root / target.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(
+            source.read_text().replace("/etc/windsurf-exporter/", f"{root}/etc/windsurf-exporter/")
+        )
+    (entrypoint,) = json.loads(only(instructions(), "ENTRYPOINT"))
+    command = [
+        a.replace("=/etc/", f"={root}/etc/") for a in json.loads(only(instructions(), "CMD"))
+    ]
+    return subprocess.run(
+        [str(installed / "venv" / "bin" / entrypoint), *command, "--config.check"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_readme_docker_run_for_real_with_the_copied_example_and_the_key_in_the_environment(
+    installed: Path, tmp_path: Path
+) -> None:
+    section = docker_section()
+    lines = section.replace("\\\n", " ").splitlines()
+    (command,) = [line for line in lines if line.startswith("docker run -d ")]
+    volumes = re.findall(r'-v "\$PWD/([^:]+):([^:]+):ro"', command)
+    assert volumes == [("config.yaml", "/etc/windsurf-exporter/config/config.yaml")]
+    assert re.findall(r"-e (\w+)", command) == ["WINDSURF_SERVICE_KEY"]
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(ROOT / "config.example.yaml", work / "config.yaml")  # as "Running it for real"
+    result = run_like_the_image(
+        installed,
+        tmp_path / "root",
+        {target: work / source for source, target in volumes},
+        {"WINDSURF_SERVICE_KEY": "sk-real-key"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("OK: ")
+
+
+def test_readme_docker_key_as_a_file_at_the_path_the_example_config_names(
+    installed: Path, tmp_path: Path
+) -> None:
+    ((source, target),) = re.findall(r'-v "\$PWD/(service-key):([^:]+):ro"', docker_section())
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / source).write_text("sk-real-key\n")
+    example = (ROOT / "config.example.yaml").read_text()
+    uncommented, count = re.subn(r"# (service_key_file: )", r"\1", example)
+    assert count == 1
+    assert f"service_key_file: {target}\n" in uncommented
+    (work / "config.yaml").write_text(uncommented)
+    mounts = {
+        "/etc/windsurf-exporter/config/config.yaml": work / "config.yaml",
+        target: work / source,
+    }
+    result = run_like_the_image(installed, tmp_path / "root", mounts, {})
+    assert result.returncode == 0, result.stdout + result.stderr
+    missing = run_like_the_image(
+        installed,
+        tmp_path / "other",
+        {"/etc/windsurf-exporter/config/config.yaml": work / "config.yaml"},
+        {},
+    )
+    assert missing.returncode == 1
+    assert "api.service_key_file: cannot read" in missing.stdout

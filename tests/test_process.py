@@ -10,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import httpx
 import pytest
+import yaml
 
 from exporter.demo import FakeWindsurf, Fault
 from exporter.state import Snapshot
@@ -86,6 +88,22 @@ def polling(
     return process, config
 
 
+@pytest.fixture
+def polling_web(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    exporter_process: Callable[..., Process],
+    tmp_path: Path,
+) -> tuple[Process, Path]:
+    """The real process behind basic auth ("old password"), and its web config file."""
+    web = tmp_path / "web.yaml"
+    web_config(web, "old password")
+    config = write_config(config_for(fake_api, ["engineering"]))
+    process = exporter_process("--config.file", str(config), "--web.config.file", str(web))
+    wait_for(lambda: status_with(process.url, "old password") == 200, what="the first scrape")
+    return process, web
+
+
 def test_sighup_reloads_a_good_config(
     fake_api: FakeWindsurf, write_config: Callable[..., Path], polling: tuple[Process, Path]
 ) -> None:
@@ -123,7 +141,7 @@ def test_post_reload_answers_and_keeps_the_old_config_on_error(
     start_exporter: Callable[..., Running],
 ) -> None:
     config = write_config(config_for(fake_api, ["engineering"]))
-    running = start_exporter("--config.file", str(config))
+    running = start_exporter("--config.file", str(config), "--web.enable-lifecycle")
 
     config.write_text("groups: engineering\nunknown_key: 1\n")
     bad = httpx.post(running.url + "/-/reload")
@@ -138,6 +156,80 @@ def test_post_reload_answers_and_keeps_the_old_config_on_error(
     assert (good.status_code, good.text) == (200, "config reloaded\n")
     wait_for(lambda: has_group(running.url, "research"), what="the new group")
     assert httpx.get(running.url + "/-/reload").status_code == 405
+
+
+def test_reload_over_http_is_off_unless_the_lifecycle_flag_is_given(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+) -> None:
+    config = write_config(config_for(fake_api, ["engineering"]))
+    running = start_exporter("--config.file", str(config))
+    write_config(config_for(fake_api, ["engineering", "research"]))
+    refused = httpx.post(running.url + "/-/reload")
+    assert refused.status_code == 403
+    assert "--web.enable-lifecycle" in refused.text
+    assert running.exporter.poller.snapshot.config.groups == ("engineering",)
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_other_methods_on_reload_are_405_and_do_not_reload(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+    method: str,
+) -> None:
+    config = write_config(config_for(fake_api, ["engineering"]))
+    running = start_exporter("--config.file", str(config), "--web.enable-lifecycle")
+    write_config(config_for(fake_api, ["engineering", "research"]))
+    response = httpx.request(method, running.url + "/-/reload")
+    assert (response.status_code, response.headers["Allow"]) == (405, "POST")
+    assert running.exporter.poller.snapshot.config.groups == ("engineering",)
+
+
+def web_config(path: Path, password: str) -> None:
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+
+
+def status_with(url: str, password: str) -> int:
+    return httpx.get(url + "/metrics", auth=("prometheus", password), timeout=5).status_code
+
+
+def test_sighup_rereads_the_web_config_and_keeps_it_over_a_bad_one(
+    polling_web: tuple[Process, Path],
+) -> None:
+    process, web = polling_web
+    web_config(web, "new password")
+    process.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: status_with(process.url, "new password") == 200, what="the new password")
+    assert status_with(process.url, "old password") == 401
+    web.write_text("basic_auth_users:\n  prometheus: plain-text\n")
+    process.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reload failed" in output(process), what="the refused web config")
+    line = next(x for x in process.lines if "config reload failed" in x)
+    assert "basic_auth_users.prometheus: must be a bcrypt hash" in line
+    assert status_with(process.url, "new password") == 200, "the running web config is kept"
+    assert process.proc.poll() is None
+
+
+def test_post_reload_rereads_the_web_config(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+    tmp_path: Path,
+) -> None:
+    web = tmp_path / "web.yaml"
+    web_config(web, "old password")
+    config = write_config(config_for(fake_api, ["engineering"]))
+    running = start_exporter(
+        "--config.file", str(config), "--web.config.file", str(web), "--web.enable-lifecycle"
+    )
+    web_config(web, "new password")
+    reload = httpx.post(running.url + "/-/reload", auth=("prometheus", "old password"))
+    assert reload.status_code == 200
+    assert status_with(running.url, "old password") == 401
+    assert status_with(running.url, "new password") == 200
 
 
 def test_healthy_at_once_ready_only_after_the_first_poll(

@@ -1,19 +1,28 @@
 """A real Prometheus loads prometheus/rules.yml and scrapes two real exporters: the demo team
-with per-user series and the team poll, and a second team exported with `per_user: false` and
-`team: false` (group aggregates only). Every dashboard query and every rule must work on what
-it scraped, and the headline numbers count people, each once."""
+with per-user series and the team poll (people in no group included), and a second team
+exported with `per_user: false` and `team: false` (group aggregates only). Every dashboard
+query and every rule must work on what it scraped, and the headline numbers count people,
+each once."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 
 from exporter.cli import Exporter
-from exporter.demo import DAY, DEMO_GROUPS, DEMO_SERVICE_KEY, FakeWindsurf, Member, synthetic_team
+from exporter.demo import (
+    DAY,
+    DEMO_GROUPS,
+    DEMO_SERVICE_KEY,
+    FakeWindsurf,
+    Member,
+    synthetic_team,
+)
 from tests.conftest import launch, wait_for
 from tests.monitoring import (
     Prometheus,
@@ -31,14 +40,59 @@ from tests.monitoring import (
 AGGREGATE_GROUPS = ("ops", "finance")
 # Must match windsurf:threshold:* in rules.yml; the rules test holds the numbers there.
 IDLE_SHARE = 0.15
+IDLE = 14 * DAY
+GRACE = 30 * DAY
 BUCKET = 30 * DAY  # idle_for="30d", the aggregate fallback
+# Data is a poll old when Prometheus evaluates: a seat this close to a threshold may go either way.
+MARGIN = 600.0
+
+Seat = tuple[str, str]
 
 
 @dataclass
 class Stack:
     prometheus: Prometheus
-    demo_team: list[Member]
-    aggregate_team: list[Member]
+    demo: FakeWindsurf
+    aggregate: FakeWindsurf
+
+
+@dataclass
+class IdleSeats:
+    """(group, user) seats idle by the fake team's own histories: those surely idle now, and
+    those within MARGIN of a threshold (either answer is right for them)."""
+
+    sure: set[Seat]
+    unsure: set[Seat]
+
+    def per_group(self, groups: tuple[str, ...]) -> dict[str, int]:
+        return {g: sum(1 for group, _ in self.sure if group == g) for g in groups}
+
+
+def idle_seats(fake: FakeWindsurf, idle: float, grace: float) -> IdleSeats:
+    """Billable seats older than `grace` and idle (since their last use, else signup) longer
+    than `idle`, now; a person in no group has one seat, in group ""."""
+    now = time.time()
+    found = IdleSeats(set(), set())
+    for member in fake.team:
+        if not member.billable:
+            continue
+        idle_for = now - fake.idle_since(member, now)
+        age = now - fake.signup(member)
+        seats = {(g, member.email) for g in member.groups or ("",)}
+        if abs(idle_for - idle) < MARGIN or abs(age - grace) < MARGIN:
+            found.unsure |= seats
+        elif idle_for > idle and age > grace:
+            found.sure |= seats
+    return found
+
+
+def people(seats: set[Seat]) -> set[str]:
+    return {user for _, user in seats}
+
+
+def assert_seats(selected: set[Seat], expected: IdleSeats) -> None:
+    assert expected.sure <= selected
+    assert selected <= expected.sure | expected.unsure
 
 
 def _stop_all(exporters: list[Exporter], fakes: list[FakeWindsurf]) -> None:
@@ -56,29 +110,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     fakes: list[FakeWindsurf] = []
     prometheus: Prometheus | None = None
     try:
-        # The demo's team, with some people taken out of every group: their seats are paid
-        # too, and must show up once each.
-        demo_team = [
-            replace(m, groups=()) if i % 25 == 7 else m for i, m in enumerate(synthetic_team())
-        ]
-        demo_fake = FakeWindsurf(team=demo_team).start()
-        fakes.append(demo_fake)
-        (tmp / "key").write_text(DEMO_SERVICE_KEY)
-        demo_config = tmp / "demo.yaml"
-        demo_config.write_text(
-            yaml.safe_dump(
-                {
-                    "api": {"url": demo_fake.url, "service_key_file": str(tmp / "key")},
-                    "groups": list(DEMO_GROUPS),
-                    "active_days_windows": ["7d", "30d"],
-                }
-            )
-        )
-        exporters.append(launch("--config.file", str(demo_config)).exporter)
+        demo = launch("--demo").exporter
+        exporters.append(demo)
+        assert demo.fake is not None
         aggregate_fake = FakeWindsurf(
             team=synthetic_team(size=80, groups=AGGREGATE_GROUPS, seed=1)
         ).start()
         fakes.append(aggregate_fake)
+        (tmp / "key").write_text(DEMO_SERVICE_KEY)
         config = tmp / "aggregates.yaml"
         config.write_text(
             yaml.safe_dump(
@@ -98,7 +137,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         targets = [e.server.url.removeprefix("http://") for e in exporters if e.server]
         prometheus = start_prometheus(tmp / "prometheus", targets)
         _wait_until_rules_ran(prometheus)
-        yield Stack(prometheus, demo_team, aggregate_fake.team)
+        yield Stack(prometheus, demo.fake, aggregate_fake)
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -111,9 +150,9 @@ def _wait_until_rules_ran(prometheus: Prometheus) -> None:
     groups = len(DEMO_GROUPS) + len(AGGREGATE_GROUPS)
 
     def ready() -> bool:
-        team = prometheus.query("windsurf:team_idle_seats")
         scraped = prometheus.query("min(count_over_time(windsurf_up[1m]))")
         idle = prometheus.query("count(windsurf:group_idle_seats)")
+        team = prometheus.query("windsurf:team_idle_seats")
         return (
             bool(scraped)
             and float(scraped[0]["value"][1]) >= 3
@@ -143,80 +182,72 @@ def test_every_recording_rule_produces_series(stack: Stack) -> None:
     assert empty == []
 
 
-def _idle_people(members: list[Member]) -> list[Member]:
-    return [m for m in members if m.profile in ("idle", "never")]
-
-
 def _groups_label(member: Member) -> str:
-    return ",".join(sorted(g for g in member.groups if g))
+    return ",".join(sorted(member.groups))
 
 
 def test_idle_seat_alert_is_one_series_per_idle_person_naming_all_their_groups(
     stack: Stack,
 ) -> None:
     result = stack.prometheus.query(alert_expr("WindsurfSeatIdle"))
-    selected = [(r["metric"]["user"], r["metric"].get("groups", "")) for r in result]
+    selected = {r["metric"]["user"]: r["metric"].get("groups", "") for r in result}
+    assert len(selected) == len(result), "one series per person"
 
-    expected = sorted((m.email, _groups_label(m)) for m in _idle_people(stack.demo_team))
-    ignored = {m.email for m in stack.demo_team if m.profile in ("pending", "disabled", "new")}
-    assert expected, "the demo team has no idle seats to find"
-    assert any("," in groups for _, groups in expected), "nobody idle is in two groups"
-    assert any(not groups for _, groups in expected), "nobody idle is in no group"
-    assert sorted(selected) == expected
-    assert not {user for user, _ in selected} & ignored
+    expected = idle_seats(stack.demo, IDLE, GRACE)
+    assert people(expected.sure) <= set(selected) <= people(expected.sure | expected.unsure)
+    by_email = {m.email: m for m in stack.demo.team}
+    assert {u: _groups_label(by_email[u]) for u in selected} == selected
+    assert any("," in g for g in selected.values()), "nobody idle is in two groups"
+    assert any(not g for g in selected.values()), "nobody idle is in no group"
+    # Every kind of seat the alert must tell apart is in the demo team.
+    profiles = {by_email[u].profile for u in selected}
+    assert {"idle", "never"} <= profiles
+    spared = {"pending", "disabled", "new", "new-unused", "heavy"}
+    assert not {m.email for m in stack.demo.team if m.profile in spared} & set(selected)
 
 
-def _billable(members: list[Member]) -> list[Member]:
-    return [m for m in members if m.profile not in ("pending", "disabled")]
-
-
-def _expected_idle_seats(stack: Stack) -> dict[str, int]:
-    """Per-user groups count idle and never-used seats; aggregate-only groups count billable
-    seats idle longer than the 30d bucket, as the exporter does."""
-    counts = {
-        g: sum(1 for m in stack.demo_team if g in m.groups and m.profile in ("idle", "never"))
-        for g in DEMO_GROUPS
-    }
-    nowhere = [m for m in _idle_people(stack.demo_team) if not _groups_label(m)]
-    if nowhere:  # people in no group: their series have no group label
-        counts[""] = len(nowhere)
-    for g in AGGREGATE_GROUPS:
-        counts[g] = sum(
-            1
-            for m in _billable([m for m in stack.aggregate_team if g in m.groups])
-            if (m.profile == "idle" and m.idle_days * DAY > BUCKET)
-            or (m.profile == "never" and m.signup_days_ago * DAY > BUCKET)
-        )
-    return counts
+def _expected_idle_seats(stack: Stack) -> tuple[dict[str, int], dict[str, int]]:
+    """Per group, the idle seats for sure and at most: per-user groups count seats idle past
+    the threshold and the grace period; aggregate-only groups count billable seats idle longer
+    than the 30d bucket, as the exporter does."""
+    demo = idle_seats(stack.demo, IDLE, GRACE)
+    aggregate = idle_seats(stack.aggregate, BUCKET, 0.0)
+    # People in no group: their series have no group label, their seats group "".
+    nowhere = any(not m.groups for m in stack.demo.team)
+    demo_groups = (*DEMO_GROUPS, "") if nowhere else DEMO_GROUPS
+    at_least = demo.per_group(demo_groups) | aggregate.per_group(AGGREGATE_GROUPS)
+    unsure = IdleSeats(demo.unsure | aggregate.unsure, set())
+    extra = unsure.per_group(demo_groups + AGGREGATE_GROUPS)
+    return at_least, {g: n + extra[g] for g, n in at_least.items()}
 
 
 def test_group_idle_seats_use_aggregates_when_per_user_series_are_absent(stack: Stack) -> None:
     idle = _by_group(stack.prometheus.query("windsurf:group_idle_seats"))
-    assert idle == _expected_idle_seats(stack)
+    at_least, at_most = _expected_idle_seats(stack)
+    assert set(idle) == set(at_least)
+    for group, count in idle.items():
+        assert at_least[group] <= count <= at_most[group], group
     assert not stack.prometheus.query('windsurf_user_info{group=~"ops|finance"}')
 
 
 def test_idle_share_alert_selects_the_groups_over_the_threshold(stack: Stack) -> None:
     billable = {
-        g: len(_billable([m for m in team if g in m.groups]))
-        for team, groups in (
-            (stack.demo_team, DEMO_GROUPS),
-            (stack.aggregate_team, AGGREGATE_GROUPS),
-        )
+        g: sum(1 for m in fake.members(g) if m.billable)
+        for fake, groups in ((stack.demo, DEMO_GROUPS), (stack.aggregate, AGGREGATE_GROUPS))
         for g in groups
     }
-    expected = {
-        g
-        for g, idle in _expected_idle_seats(stack).items()
-        if g in billable and idle / billable[g] > IDLE_SHARE
-    }
+    at_least, at_most = _expected_idle_seats(stack)
+    # The people in no group have no windsurf:group_billable_seats, so no idle share.
+    surely = {g for g, n in at_least.items() if g in billable and n / billable[g] > IDLE_SHARE}
+    maybe = {g for g, n in at_most.items() if g in billable and n / billable[g] > IDLE_SHARE}
 
     selected = _by_group(stack.prometheus.query(alert_expr("WindsurfGroupIdleSeatsHigh")))
 
-    assert set(selected) == expected
+    assert surely <= set(selected) <= maybe
     # The data must be able to tell the groups apart: one aggregate-only group over, one under.
     assert set(selected) & set(AGGREGATE_GROUPS), "no aggregate-only group is over the threshold"
     assert set(AGGREGATE_GROUPS) - set(selected), "every group is over the threshold"
+    assert set(DEMO_GROUPS) - set(selected), "every demo group is over the threshold"
 
 
 def _variable_values(stack: Stack, selection: str) -> dict[str, str]:
@@ -273,24 +304,21 @@ def test_idle_seat_table_rows_are_the_alerted_seats_with_their_details(stack: St
     assert _users(days) == alerted
     assert len(days) == len(alerted), "one row per person"
     assert _users(signup) == alerted
-    never = {m.email for m in stack.demo_team if m.profile == "never"}
+    now = time.time()
+    never = {m.email for m in stack.demo.team if stack.demo.activity(m).last_any_use(now) is None}
+    assert never & alerted, "no never-used seat is alerted"
     assert _users(last_feature) == alerted - never
     for row in days:
         assert float(row["value"][1]) > 14, row
-        assert "groups" in row["metric"] or row["metric"]["user"] in _no_group(stack)
 
 
 def _users(result: list[dict[str, Any]]) -> set[str]:
     return {r["metric"]["user"] for r in result}
 
 
-def _no_group(stack: Stack) -> set[str]:
-    return {m.email for m in stack.demo_team if not _groups_label(m)}
-
-
 def _subset(stack: Stack) -> tuple[str, ...]:
     """Two groups that share people: those of the first person in two groups."""
-    return next(tuple(m.groups) for m in stack.demo_team if len(m.groups) == 2)
+    return next(tuple(m.groups) for m in stack.demo.team if len(m.groups) == 2)
 
 
 def _headline(stack: Stack, title: str, selection: str) -> float:
@@ -300,32 +328,48 @@ def _headline(stack: Stack, title: str, selection: str) -> float:
     return float(sample["value"][1])
 
 
-def _people(stack: Stack, selection: str) -> list[Member]:
+def _covered(stack: Stack, selection: str) -> list[Member]:
     """The demo's people a selection covers, each once: everyone for All (people in no group
     included), else those in any selected group."""
     if selection == "All":
-        return stack.demo_team
-    return [m for m in stack.demo_team if set(m.groups) & set(_subset(stack))]
+        return stack.demo.team
+    return [m for m in stack.demo.team if set(m.groups) & set(_subset(stack))]
+
+
+def _active(stack: Stack, members: list[Member]) -> tuple[int, int]:
+    """Billable people used within the idle threshold: for sure, and at most."""
+    now = time.time()
+    sure = unsure = 0
+    for member in members:
+        last = stack.demo.activity(member).last_any_use(now)
+        if not member.billable or last is None:
+            continue
+        if abs(now - last - IDLE) < MARGIN:
+            unsure += 1
+        elif now - last <= IDLE:
+            sure += 1
+    return sure, sure + unsure
 
 
 @pytest.mark.parametrize("selection", ["All", "two groups"])
 def test_headline_seats_count_each_person_once(stack: Stack, selection: str) -> None:
-    people = _people(stack, selection)
-    billable = _billable(people)
-    idle = _idle_people(billable)
-    active = [m for m in billable if m.usage_rate > 0]
-    price = float(_variable_values(stack, selection)["seat_price"])
+    members = _covered(stack, selection)
+    billable = [m for m in members if m.billable]
+    emails = {m.email for m in members}
+    expected = idle_seats(stack.demo, IDLE, GRACE)
+    idle_least = len(people(expected.sure) & emails)
+    idle_most = len(people(expected.sure | expected.unsure) & emails)
     groups = DEMO_GROUPS if selection == "All" else _subset(stack)
-    assert len(billable) < sum(len(_billable(_people_in(stack, g))) for g in groups), "no overlap"
+    by_group = sum(1 for g in groups for m in stack.demo.members(g) if m.billable)
+    assert len(billable) != by_group, "no one to count once"
     assert _headline(stack, "Billable seats", selection) == len(billable)
-    assert _headline(stack, "Idle seats", selection) == len(idle)
-    assert _headline(stack, "Active seats", selection) == len(active)
-    assert _headline(stack, "Idle share", selection) == pytest.approx(len(idle) / len(billable))
-    assert _headline(stack, "Monthly spend on idle seats", selection) == len(idle) * price
-
-
-def _people_in(stack: Stack, group: str) -> list[Member]:
-    return [m for m in stack.demo_team if group in m.groups]
+    idle = _headline(stack, "Idle seats", selection)
+    assert idle_least <= idle <= idle_most
+    least, most = _active(stack, members)
+    assert least <= _headline(stack, "Active seats", selection) <= most
+    assert _headline(stack, "Idle share", selection) == pytest.approx(idle / len(billable))
+    price = float(_variable_values(stack, selection)["seat_price"])
+    assert _headline(stack, "Monthly spend on idle seats", selection) == idle * price
 
 
 @pytest.mark.parametrize("selection", ["All", "two groups"])
@@ -334,7 +378,7 @@ def test_headline_prompt_credits_count_each_person_once(stack: Stack, selection:
         r["metric"]["user"]: float(r["value"][1])
         for r in stack.prometheus.query("max by (user) (windsurf_user_prompt_credits_used)")
     }
-    expected = sum(per_person.get(m.email, 0.0) for m in _people(stack, selection))
+    expected = sum(per_person.get(m.email, 0.0) for m in _covered(stack, selection))
     # Credits grow between polls; a poll may land between the two queries.
     assert _headline(stack, "Prompt credits used", selection) == pytest.approx(expected, rel=1e-3)
     if selection == "All":  # the team poll's own number agrees with the people's

@@ -33,7 +33,7 @@ from exporter.cli import Formatter
 from exporter.config import ApiConfig, Secret
 from exporter.demo import FakeWindsurf, Fault, synthetic_team
 from exporter.sources.user_page import decode_page
-from exporter.web import _Authenticator
+from exporter.web import Authenticator
 from tests.conftest import ROOT, Process, Running, page_request, samples, wait_for, write_config_in
 from tests.test_faults import API, HEALTHY, POLL, ROWS
 
@@ -315,7 +315,9 @@ def test_no_secret_in_any_output_under_every_fault_with_debug_logging(
     exporter_process: Callable[..., Process],
 ) -> None:
     fake, faults, config = leaky_world
-    process = exporter_process("--config.file", str(config), "--log.level", "debug")
+    process = exporter_process(
+        "--config.file", str(config), "--log.level", "debug", "--web.enable-lifecycle"
+    )
     url = process.url
     wait_for(lambda: httpx.get(url + "/-/ready").status_code == 200, what="first poll")
     for group, fault in faults.items():
@@ -451,11 +453,39 @@ def test_malformed_or_abandoned_requests_get_no_traceback(
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
 
 
-def test_an_unknown_user_costs_as_much_bcrypt_work_as_a_wrong_password() -> None:
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=6))
-    auth = _Authenticator({"prometheus": hashed})
-    assert auth._dummy.startswith(b"$2b$06$"), "the stand-in hash has the users' cost"
-    assert not auth.check(basic("nobody", PASSWORD))
+def checked_costs(users: dict[str, bytes], names: list[str]) -> dict[str, set[bytes]]:
+    """Which bcrypt cost each name's check paid (twice per name), seen through the seam."""
+    costs: dict[str, set[bytes]] = {}
+    current = ""
+
+    def checkpw(password: bytes, hashed: bytes) -> bool:
+        costs.setdefault(current, set()).add(hashed[4:6])
+        return bcrypt.checkpw(password, hashed)
+
+    auth = Authenticator(users, checkpw=checkpw)
+    for current in names * 2:
+        assert not auth.check(basic(current, "wrong"))
+    return costs
+
+
+def test_an_unknown_user_costs_what_a_user_costs_so_timing_does_not_tell_who_exists() -> None:
+    users = {
+        "fast": bcrypt.hashpw(b"a", bcrypt.gensalt(rounds=4)),
+        "slow": bcrypt.hashpw(b"b", bcrypt.gensalt(rounds=5)),
+    }
+    strangers = [f"user{i}" for i in range(40)]
+    costs = checked_costs(users, ["fast", "slow", *strangers])
+    assert costs["fast"] == {b"04"}
+    assert costs["slow"] == {b"05"}
+    assert all(len(costs[name]) == 1 for name in strangers), "a name always costs the same"
+    seen = set().union(*(costs[name] for name in strangers))
+    assert seen == {b"04", b"05"}, "unknown names look like the fast user as well as the slow one"
+
+
+def test_a_password_longer_than_bcrypt_takes_is_refused_not_raised() -> None:
+    auth = Authenticator({"prometheus": USERS["prometheus"].encode()})
+    assert not auth.check(basic("prometheus", "x" * 73))
+    assert not auth.check(basic("nobody", "é" * 40))
     assert auth.check(basic("prometheus", PASSWORD))
 
 
@@ -465,7 +495,7 @@ def test_a_chunked_body_is_not_read_as_a_second_request(
     start_exporter: Callable[..., Running],
 ) -> None:
     config = write_config({"api": {"url": fake_api.url}, "groups": ["engineering"]})
-    running = start_exporter("--config.file", str(config))
+    running = start_exporter("--config.file", str(config), "--web.enable-lifecycle")
     address = running.exporter.server.server_address  # type: ignore[union-attr]
     smuggled = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
     chunk = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from exporter.config import Config, Window
+from exporter.config import Config, Limits, Window
 from exporter.exposition import Family
 from exporter.state import Report
 
@@ -21,12 +21,15 @@ from exporter.state import Report
 @dataclass(frozen=True)
 class Request:
     """One call of a v1 method: its body without the service key (the transport adds it), the
-    target it is for, and the window it covers, if any."""
+    target it is for, the window it covers, if any, and what its reply is read against: when
+    it was asked (wall time; None: no bound) and the limits on what is built from it."""
 
     method: str
     body: Mapping[str, str]
     target: str
     window: Window | None = None
+    asked_at: float | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)

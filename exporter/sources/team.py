@@ -45,6 +45,16 @@ TEAM_CREDITS = _f(
 )
 TEAM_STATUS = _f("windsurf_team_users_by_team_status", "People by teamStatus.")
 TEAM_ROLE = _f("windsurf_team_users_by_role", "People by role.")
+TEAM_LIMITED = _f(
+    "windsurf_exporter_team_limited_values",
+    "Values of the team's last poll cut to fit limits.<limit>: rows left out (max_rows), strings"
+    " shortened (max_label_length), roles and statuses counted as other (max_label_values).",
+)
+TEAM_UNPARSABLE = _f(
+    "windsurf_exporter_team_unparsable_values",
+    "Values of the team's last poll read as unknown, by field: malformed, or impossible"
+    " (negative, absurdly large, after the request).",
+)
 TEAM_IDLE = Family(
     "windsurf_team_idle_users", "Billable people idle longer than idle_for, at scrape time."
 )
@@ -64,6 +74,8 @@ class Team(Replies):
         TEAM_CREDITS,
         TEAM_STATUS,
         TEAM_ROLE,
+        TEAM_LIMITED,
+        TEAM_UNPARSABLE,
         TEAM_IDLE,
     )
 
@@ -74,7 +86,7 @@ class Team(Replies):
         return config.windows
 
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
-        return plan(config.windows, target, now)
+        return plan(config, config.windows, target, now)
 
     def render(self, config: Config, live: Live, parts: Parts) -> Rendered:
         team = live.get(TEAM_KEY)
@@ -98,6 +110,11 @@ def render_team(team: GroupReport, config: Config) -> Rendered:
         TEAM_CREDITS: [("", agg.prompt_credits)],
         TEAM_STATUS: [(labels([("team_status", s)]), n) for s, n in agg.by_team_status],
         TEAM_ROLE: [(labels([("role", r)]), n) for r, n in agg.by_role],
+        TEAM_LIMITED: [
+            (labels([("limit", limit)]), team.limited.get(limit, 0))
+            for limit in ("max_rows", "max_label_length", "max_label_values")
+        ],
+        TEAM_UNPARSABLE: [(labels([("field", f)]), n) for f, n in team.unparsable.items()],
     }
     static = {
         family: utf8("".join(f"{family.name}{pairs} {number(v)}\n" for pairs, v in values))

@@ -17,18 +17,22 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import logging
+import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from exporter.config import Config, Window
+from exporter.config import Config, Limits, Window
 from exporter.exposition import Ages, Family, labels, number, utf8
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
-from exporter.sources.values import parse_bool, parse_count, parse_time, text
+from exporter.sources.values import bool_field, count_field, text_field, time_field
 from exporter.state import MalformedResponse
+
+log = logging.getLogger("exporter.user_page")
 
 METHOD = "UserPageAnalytics"
 FEATURES = ("autocomplete", "chat", "command")
@@ -39,6 +43,15 @@ _FEATURE_FIELDS = (
 )
 _APPROVED = "USER_TEAM_STATUS_APPROVED"
 _CACHED = " Cached from the last successful poll."
+_DAY = 86400.0
+# Impossible values are unusable, not data: counts are never negative, credits stay far below
+# where a sum of every row could overflow, activeDays fit the window asked (a day more for the
+# partial days at its ends), and times are not after the request, give or take clock skew.
+_MAX_CREDITS = 1e15
+_MAX_DAYS = 366 * 100.0  # a request without a window
+_CLOCK_SKEW = 3600.0
+_HEX = frozenset("0123456789abcdef")
+OTHER = "other"  # the role / team_status value of those over limits.max_label_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +86,17 @@ class UserStats:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One decoded UserPageAnalytics reply."""
+    """One decoded UserPageAnalytics reply: its rows with an email, the activeDays of each
+    (None: unknown), and what reading it left out or could not use."""
 
-    rows: tuple[Mapping[str, Any], ...]
+    rows: tuple[UserStats, ...]
     billing_start: float | None
     billing_end: float | None
+    active_days: tuple[float | None, ...] = ()
+    size: int = 0  # rows the reply held
+    no_email: int = 0
+    limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
+    unparsable: Mapping[str, int] = field(default_factory=dict)  # per field
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,25 +111,45 @@ class Totals:
     by_role: tuple[tuple[str, int], ...] = ()
     # When each billable user was last active (or joined), ascending: idle counts bisect it.
     idle_since: tuple[float, ...] = ()
+    # Distinct roles and team statuses counted under `other` (limits.max_label_values).
+    folded: int = 0
 
 
-def totals(users: Sequence[UserStats], windows: Sequence[str]) -> Totals:
+def totals(
+    users: Sequence[UserStats],
+    windows: Sequence[str],
+    max_values: int = Limits.max_label_values,
+    unknown: Collection[str] = (),
+) -> Totals:
+    """The users' aggregates; no active count for the `unknown` windows (see build_report)."""
+    by_status, folded_statuses = bounded(Counter(u.team_status for u in users), max_values)
+    by_role, folded_roles = bounded(Counter(u.role for u in users), max_values)
     return Totals(
-        # A window's count only when every user has its activeDays: a person missing from that
-        # window's reply (the team changed between two requests) makes the count unknown.
         active=tuple(
-            (window, sum(1 for u in users if u.active_days[window] > 0))
+            (window, sum(1 for u in users if u.active_days.get(window, 0) > 0))
             for window in windows
-            if all(window in u.active_days for u in users)
+            if window not in unknown
         ),
         billable=sum(1 for u in users if u.billable),
         prompt_credits=sum(u.prompt_credits or 0 for u in users),
-        by_team_status=tuple(sorted(Counter(u.team_status for u in users).items())),
-        by_role=tuple(sorted(Counter(u.role for u in users).items())),
+        by_team_status=by_status,
+        by_role=by_role,
         idle_since=tuple(
             sorted(u.idle_since for u in users if u.billable and u.idle_since is not None)
         ),
+        folded=folded_statuses + folded_roles,
     )
+
+
+def bounded(counts: Counter[str], most: int) -> tuple[tuple[tuple[str, int], ...], int]:
+    """The `most` commonest values (ties by value) with their counts, the rest summed under
+    `other`, sorted by value; and how many distinct values went to `other`."""
+    if len(counts) <= most:
+        return tuple(sorted(counts.items())), 0
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    kept = Counter(dict(ranked[:most]))
+    kept[OTHER] += sum(count for _, count in ranked[most:])
+    return tuple(sorted(kept.items())), len(ranked) - most
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +162,8 @@ class GroupReport:
     billing_start: float | None = None
     billing_end: float | None = None
     totals: Totals = field(default_factory=Totals)
+    limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
+    unparsable: Mapping[str, int] = field(default_factory=dict)  # per field
 
 
 def request_body(group: str, start: float, end: float) -> dict[str, str]:
@@ -136,8 +177,12 @@ def _rfc3339(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def decode_page(document: Any) -> Page:
-    """Top-level reply -> Page; protobuf JSON omits an empty userTableStats: absent means none."""
+def decode_page(document: Any, request: Request | None = None) -> Page:
+    """Top-level reply -> Page; protobuf JSON omits an empty userTableStats: absent means none.
+
+    Reads at most `limits.max_rows` rows, each value within bounds: an impossible one (see
+    `_Reader`) is unknown and counted, so a hostile reply costs no more than a plain one.
+    """
     if not isinstance(document, dict):
         raise MalformedResponse(f"expected a JSON object, got {type(document).__name__}")
     rows = document.get("userTableStats")
@@ -145,71 +190,154 @@ def decode_page(document: Any) -> Page:
         rows = []
     if not isinstance(rows, list):
         raise MalformedResponse("userTableStats is not a list")
+    reader = _Reader(request or Request(METHOD, {}, ""))
+    kept = rows[: reader.limits.max_rows]
+    users = [u for u in map(reader.user, kept) if u is not None]
     return Page(
-        rows=tuple(rows),
-        billing_start=parse_time(document.get("billingCycleStart")),
-        billing_end=parse_time(document.get("billingCycleEnd")),
+        rows=tuple(u for u, _ in users),
+        billing_start=reader.time(document, "billingCycleStart"),
+        billing_end=reader.time(document, "billingCycleEnd", math.inf),
+        active_days=tuple(days for _, days in users),
+        size=len(rows),
+        no_email=len(kept) - len(users),
+        limited={"max_rows": len(rows) - len(kept), "max_label_length": reader.cut},
+        unparsable=dict(reader.unparsable),
     )
 
 
-def build_report(pages: Sequence[tuple[str, Page]]) -> GroupReport:
+class _Reader:
+    """Reads one reply's values against its request: times not after it was asked (plus clock
+    skew), activeDays within its window, credits and counts not negative nor absurd, strings
+    as label values can hold them. Counts what it cannot use, and the strings it cuts."""
+
+    def __init__(self, request: Request) -> None:
+        window = request.window
+        self.limits = request.limits
+        self.max_days = math.ceil(window.seconds / _DAY) + 1 if window else _MAX_DAYS
+        asked = request.asked_at
+        self.latest = math.inf if asked is None else asked + _CLOCK_SKEW
+        self.unparsable: Counter[str] = Counter()
+        self.cut = 0
+
+    def _bad(self, key: str, bad: bool) -> None:
+        if bad:
+            self.unparsable[key] += 1
+
+    def time(self, row: Mapping[str, Any], key: str, latest: float | None = None) -> float | None:
+        value, bad = time_field(row.get(key), self.latest if latest is None else latest)
+        self._bad(key, bad)
+        return value
+
+    def count(self, row: Mapping[str, Any], key: str, maximum: float) -> float | None:
+        value, bad = count_field(row.get(key), maximum)
+        self._bad(key, bad)
+        return value
+
+    def text(self, row: Mapping[str, Any], key: str) -> str:
+        value, bad = text_field(row.get(key))
+        self._bad(key, bad)
+        label, cut = label_value(value.strip() if key == "email" else value, self.limits)
+        self.cut += cut
+        return label
+
+    def user(self, row: Any) -> tuple[UserStats, float | None] | None:
+        """A row with an email -> its UserStats and activeDays; None for a row with no email."""
+        if not isinstance(row, dict):
+            return None
+        email = self.text(row, "email")
+        if not email:
+            return None
+        usage = [self.time(row, f) for f in _FEATURE_FIELDS]
+        days = self.count(row, "activeDays", self.max_days)
+        disabled, bad = bool_field(row.get("disableCodeium"))
+        self._bad("disableCodeium", bad)
+        stats = UserStats(
+            email=email,
+            name=self.text(row, "name"),
+            # A handful of values repeated on every row: one string each, not one per user.
+            role=sys.intern(self.text(row, "role")),
+            team_status=sys.intern(self.text(row, "teamStatus")),
+            disabled=disabled,
+            signup=self.time(row, "signupTime"),
+            last_usage=(usage[0], usage[1], usage[2]),
+            prompt_credits=self.count(row, "promptCreditsUsed", _MAX_CREDITS),
+        )
+        return stats, days
+
+
+def label_value(value: str, limits: Limits) -> tuple[str, bool]:
+    """Any string JSON can carry -> one a label can hold, and whether it was cut: valid UTF-8
+    (a lone surrogate becomes U+FFFD) of at most `limits.max_label_length` characters, a longer
+    one keeping its start and ending in `…` and 8 hex digits of its hash, so cut values stay
+    distinct."""
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode()
+    most = limits.max_label_length
+    if len(value) <= most:
+        return value, False
+    return f"{value[: most - 9]}…{_digest(value)[:8]}", True
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None) -> GroupReport:
     """Merge one group's pages (one per window) into users keyed by email, with its aggregates.
 
     The first page says who is in the group (windsurf_group_users counts its rows); later
     pages only add their window's activeDays, so a user who joined between the requests waits
-    for the next poll. Rows without an email have no stable identity and are skipped; a
-    repeated email keeps its first row, so the exposition never holds duplicate series.
+    for the next poll, and a window whose page lacks someone of the first has no active count.
+    Rows without an email have no stable identity and are skipped; a repeated email keeps its
+    first row, so the exposition never holds duplicate series.
     """
-    users: dict[str, dict[str, Any]] = {}
-    skipped = 0
+    limits = limits or Limits()
+    first = pages[0][1] if pages else Page((), None, None)
+    users: dict[str, UserStats] = {}
+    active: dict[str, dict[str, float]] = {}
+    skipped = first.no_email
+    missing: set[str] = set()  # windows whose reply lacks someone of the first
     for index, (window, page) in enumerate(pages):
-        for row in page.rows:
-            email = text(row.get("email")).strip() if isinstance(row, dict) else ""
-            if not email:
-                skipped += index == 0
-                continue
-            if email not in users:
-                if index > 0:
-                    continue
-                users[email] = {"row": row, "active": {}}
-            elif index == 0:
+        seen = set()
+        for user, days in zip(page.rows, page.active_days, strict=True):
+            if index == 0 and user.email in users:
                 skipped += 1
                 continue
-            days = parse_count(row.get("activeDays"))
+            if index == 0:
+                users[user.email], active[user.email] = user, {}
+            elif user.email not in users:
+                continue
+            seen.add(user.email)
             if days is not None:
-                users[email]["active"].setdefault(window, days)
-    first = pages[0][1] if pages else Page((), None, None)
-    stats = tuple(_user(email, u["row"], u["active"]) for email, u in users.items())
+                active[user.email].setdefault(window, days)
+        if len(seen) < len(users):
+            missing.add(window)
+    stats = tuple(replace(u, active_days=active[e]) for e, u in users.items())
+    # A person missing from a window's reply (the team changed between two requests) makes
+    # that window's count unknown, not smaller.
+    windows = [window for window, _ in pages]
+    agg = totals(stats, windows, limits.max_label_values, missing)
+    limited: Counter[str] = Counter({"max_label_values": agg.folded})
+    unparsable: Counter[str] = Counter()
+    for _, page in pages:
+        limited.update(page.limited)
+        unparsable.update(page.unparsable)
     return GroupReport(
         users=stats,
-        rows=len(first.rows),
+        rows=first.size,
         skipped=skipped,
         billing_start=first.billing_start,
         billing_end=first.billing_end,
-        totals=totals(stats, [window for window, _ in pages]),
-    )
-
-
-def _user(email: str, row: Mapping[str, Any], active: Mapping[str, float]) -> UserStats:
-    usage = tuple(parse_time(row.get(f)) for f in _FEATURE_FIELDS)
-    return UserStats(
-        email=email,
-        name=text(row.get("name")),
-        # A handful of values repeated on every row: one string each, not one per user.
-        role=sys.intern(text(row.get("role"))),
-        team_status=sys.intern(text(row.get("teamStatus"))),
-        disabled=parse_bool(row.get("disableCodeium")),
-        signup=parse_time(row.get("signupTime")),
-        last_usage=(usage[0], usage[1], usage[2]),
-        prompt_credits=parse_count(row.get("promptCreditsUsed")),
-        active_days=dict(active),
+        totals=agg,
+        limited=dict(sorted(limited.items())),
+        unparsable=dict(sorted(unparsable.items())),
     )
 
 
 def user_hash(email: str, salt: str = "") -> str:
     """`hash` mode's pseudonym: follows a user across polls, groups and restarts without
     saying who it is (SHA-256 of the salt and the lower-cased email, in hex)."""
-    return hashlib.sha256((salt + email.lower()).encode()).hexdigest()
+    return _digest(salt + email.lower())
 
 
 def user_labels(
@@ -217,16 +345,20 @@ def user_labels(
 ) -> list[tuple[str, list[tuple[str, str]]]]:
     """Each user's `user` label and extra info labels in the configured labels.user mode.
 
-    Only `email` mode shows emails and names. Names repeat, so in `name` mode a name shared
-    within the group, or an empty one, gets ` #` and 8 hex digits of the user's salted email
-    hash: distinct series that do not depend on the order of the rows.
+    Only `email` mode shows emails and names. In every mode the labels are distinct (see
+    `distinct`): names repeat, and two emails may differ only in case or in what was cut.
     """
     mode = config.labels.user
     salt = config.labels.hash_salt.reveal()
     if mode == "email":
+        values = [u.email for u in users]
+    else:
+        values = [user_hash(u.email, salt) if mode == "hash" else u.name for u in users]
+    names = distinct(values, [u.email for u in users], salt)
+    if mode == "email":
         return [
             (
-                u.email,
+                name,
                 [
                     ("name", u.name),
                     ("email", u.email),
@@ -234,18 +366,34 @@ def user_labels(
                     ("team_status", u.team_status),
                 ],
             )
-            for u in users
+            for name, u in zip(names, users, strict=True)
         ]
-    values = [user_hash(u.email, salt) if mode == "hash" else u.name for u in users]
+    return [
+        (name, [("role", u.role), ("team_status", u.team_status)])
+        for name, u in zip(names, users, strict=True)
+    ]
+
+
+def distinct(values: Sequence[str], emails: Sequence[str], salt: str) -> list[str]:
+    """`values` made distinct, whatever they hold: a value that is empty, repeated, or could be
+    mistaken for a suffixed one gets ` #` and 8 hex digits of the user's salted email hash,
+    independent of the order of the rows; where those collide too, all 64. Emails are distinct."""
     taken = Counter(values)
-    out = []
-    for user, value in zip(users, values, strict=True):
-        label = value
-        if taken[value] > 1 or not value:
-            suffix = hashlib.sha256((salt + user.email).encode()).hexdigest()[:8]
-            label = f"{value} #{suffix}".lstrip()
-        out.append((label, [("role", user.role), ("team_status", user.team_status)]))
-    return out
+    out = [
+        f"{v} #{_digest(salt + e)[:8]}".lstrip() if taken[v] > 1 or _suffixed(v) else v
+        for v, e in zip(values, emails, strict=True)
+    ]
+    again = Counter(out)
+    return [
+        f"{v} #{_digest(salt + e)}".lstrip() if again[o] > 1 else o
+        for v, e, o in zip(values, emails, out, strict=True)
+    ]
+
+
+def _suffixed(value: str) -> bool:
+    """Empty, or ending like a disambiguated value (` #` and 8 or more hex digits)."""
+    _, sep, tail = (" " + value).rpartition(" #")
+    return not value or (bool(sep) and len(tail) >= 8 and all(c in _HEX for c in tail))
 
 
 def _f(name: str, help_: str, type_: str = "gauge") -> Family:
@@ -311,18 +459,32 @@ USER_IDLE = _f(
 GROUP_IDLE = _f(
     "windsurf_group_idle_users", "Billable users idle longer than idle_for, at scrape time."
 )
+LIMITED = _f(
+    "windsurf_exporter_limited_values",
+    "Values of the group's last poll cut to fit limits.<limit>: rows left out (max_rows), strings"
+    " shortened (max_label_length), roles and statuses counted as other (max_label_values)."
+    + _CACHED,
+)
+UNPARSABLE = _f(
+    "windsurf_exporter_unparsable_values",
+    "Values of the group's last poll read as unknown, by field: malformed, or impossible"
+    " (negative, absurdly large, after the request)." + _CACHED,
+)
 
 
 class Replies:
     """How a UserPageAnalytics source reads its replies: pages, merged by email across windows."""
 
     def parse(self, request: Request, document: Any) -> Page:
-        return decode_page(document)
+        return decode_page(document, request)
 
     def report(
         self, config: Config, target: str, replies: Sequence[tuple[Request, Any]]
     ) -> GroupReport:
-        return build_report([(r.window.label if r.window else "", page) for r, page in replies])
+        pages = [(r.window.label if r.window else "", page) for r, page in replies]
+        report = build_report(pages, config.limits)
+        log_losses(target, report)
+        return report
 
 
 class UserPage(Replies):
@@ -354,6 +516,8 @@ class UserPage(Replies):
         USER_AGE,
         USER_IDLE,
         GROUP_IDLE,
+        LIMITED,
+        UNPARSABLE,
     )
 
     def targets(self, config: Config) -> tuple[str, ...]:
@@ -363,7 +527,7 @@ class UserPage(Replies):
         return (config.windows, config.team)
 
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
-        return plan(config.windows[:1] if config.team else config.windows, target, now)
+        return plan(config, config.windows[:1] if config.team else config.windows, target, now)
 
     def render(self, config: Config, live: Live, parts: Parts) -> Rendered:
         groups = [(k[1], r) for k, r in live.items() if k[0] == self.name]
@@ -380,10 +544,26 @@ USER_PAGE = UserPage()
 TEAM_KEY = ("team", "")  # the team source's one target, whose replies the groups join
 
 
-def plan(windows: Sequence[Window], group: str, now: float) -> tuple[Request, ...]:
-    """One request per window for `group` ("" = the whole team)."""
+def plan(config: Config, windows: Sequence[Window], group: str, now: float) -> tuple[Request, ...]:
+    """One request per window for `group` ("" = the whole team), read against `now` and the
+    configured limits."""
     return tuple(
-        Request(METHOD, request_body(group, now - w.seconds, now), group, w) for w in windows
+        Request(METHOD, request_body(group, now - w.seconds, now), group, w, now, config.limits)
+        for w in windows
+    )
+
+
+def log_losses(group: str, report: GroupReport) -> None:
+    """One warning per poll that cut values to fit the limits or could not use some."""
+    cut = [f"{n} over limits.{limit}" for limit, n in report.limited.items() if n]
+    bad = [f"{field} {n}" for field, n in report.unparsable.items()]
+    if not cut and not bad:
+        return
+    log.warning(
+        "reply read with losses: %s; unusable values read as unknown: %s",
+        ", ".join(cut) or "nothing cut",
+        ", ".join(bad) or "none",
+        extra={"group": group or "(whole team)"},
     )
 
 
@@ -554,6 +734,10 @@ def _group_lines(
         add(GROUP_STATUS, [g, ("team_status", status)], count)
     for role, count in agg.by_role:
         add(GROUP_ROLE, [g, ("role", role)], count)
+    for limit in ("max_rows", "max_label_length", "max_label_values"):
+        add(LIMITED, [g, ("limit", limit)], report.limited.get(limit, 0))
+    for key, count in report.unparsable.items():
+        add(UNPARSABLE, [g, ("field", key)], count)
 
 
 def _joined_active(
@@ -570,9 +754,8 @@ def _joined_active(
         if not team:
             continue
         rows = [team.get(u.email.lower()) for u in report.users]
-        days = [r.active_days.get(window) if r else None for r in rows]
-        if None not in days:
-            out.append((window, sum(1 for d in days if d)))
+        if all(rows):  # a member the team reply does not know yet makes the count unknown
+            out.append((window, sum(1 for r in rows if r and r.active_days.get(window, 0) > 0)))
     return out
 
 

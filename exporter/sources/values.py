@@ -1,7 +1,9 @@
 """Upstream JSON values -> Python values, forgiving about what the Windsurf API really sends.
 
 Any field may be missing or null, 64-bit numbers may arrive as strings (protobuf JSON), times are
-RFC 3339 with 0-9 fraction digits and any offset. Every source reads its fields with these.
+RFC 3339 with 0-9 fraction digits and any offset. Every source reads its fields with these;
+the work per value is bounded whatever its length, and the `*_field` readers also say when a
+value is unusable (malformed or impossible), so a source can count it.
 """
 
 from __future__ import annotations
@@ -11,17 +13,28 @@ import re
 from datetime import datetime
 from typing import Any
 
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Unambiguous, so a match is linear: `[0-9]+\.?[0-9]*` backtracked quadratically over long digits.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _UTC = "+00:00"
+# Longer than any number or RFC 3339 time the API writes (a double's repr fits in 24, a time
+# with 9 fraction digits and an offset in 35): refused before any regex or parser sees them.
+MAX_NUMBER_TEXT = 64
+MAX_TIME_TEXT = 64
 
 
 def parse_time(value: Any) -> float | None:
-    """RFC 3339 -> Unix seconds; None for missing, malformed, or the zero time meaning 'never'.
+    """RFC 3339 -> Unix seconds; None for missing, malformed, or the zero time meaning 'never'."""
+    seconds = _seconds(value)
+    return seconds if seconds is not None and seconds > 0 else None
+
+
+def _seconds(value: Any) -> float | None:
+    """RFC 3339 -> Unix seconds, the epoch and before included; None when malformed.
 
     `datetime.fromisoformat` does the calendar; it also takes forms RFC 3339 does not (no
     offset, basic format, hours only, more fraction digits), so the shape is checked first.
     """
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > MAX_TIME_TEXT:
         return None
     text = value.strip()
     if len(text) < 20 or not text.isascii() or text[10] not in "Tt " or text[19] not in ".Zz+-":
@@ -41,8 +54,6 @@ def parse_time(value: Any) -> float | None:
     except ValueError:
         return None
     whole = seconds.timestamp() + leap
-    if whole <= 0:
-        return None
     return whole + int(fraction) / 10 ** len(fraction) if fraction else whole
 
 
@@ -61,7 +72,9 @@ def parse_number(value: Any) -> float | None:
     """A JSON number or a numeric string -> float; None for anything else (bools included)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, str) and not _NUMBER.fullmatch(value.strip()):
+    if isinstance(value, str) and (
+        len(value) > MAX_NUMBER_TEXT or not _NUMBER.fullmatch(value.strip())
+    ):
         return None  # float() would also take "1_000", "inf" spelled out, or non-ASCII digits
     try:
         number = float(value.strip() if isinstance(value, str) else value)
@@ -70,21 +83,44 @@ def parse_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def parse_count(value: Any) -> float | None:
-    """Like parse_number, but absent or null is 0: protobuf JSON omits zero-valued fields."""
-    return 0.0 if value is None else parse_number(value)
+# The field readers below say, besides the value, whether the upstream sent one that is not
+# usable (malformed or impossible): read as unknown and counted, never exported as data.
 
 
-def parse_bool(value: Any) -> bool:
-    """true, "true" (any case), or a non-zero number or numeric string; all else is false."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        return text == "true" or (parse_number(text) or 0) != 0
-    if isinstance(value, bool):
-        return value
-    return (parse_number(value) or 0) != 0
+def time_field(value: Any, latest: float) -> tuple[float | None, bool]:
+    """A time that cannot be after `latest` (when it was asked, plus clock skew): (time or
+    None, unusable?). Absent, null, or the zero time (at or before 1970) mean never."""
+    if value is None or value == "":
+        return None, False
+    seconds = _seconds(value)
+    if seconds is None or seconds > latest:
+        return None, True
+    return (seconds, False) if seconds > 0 else (None, False)
 
 
-def text(value: Any) -> str:
-    """A string field; anything else (missing, null, a number) is empty."""
-    return value if isinstance(value, str) else ""
+def count_field(value: Any, maximum: float) -> tuple[float | None, bool]:
+    """A count in [0, maximum]: (count or None, unusable?); absent or null is 0, since
+    protobuf JSON omits zero-valued fields."""
+    if value is None:
+        return 0.0, False
+    number = parse_number(value)
+    if number is None or not 0 <= number <= maximum:
+        return None, True
+    return number, False
+
+
+def bool_field(value: Any) -> tuple[bool, bool]:
+    """true/false (any case, also as strings) or a number: (flag, unusable?); absent is false."""
+    if value is None or isinstance(value, bool):
+        return bool(value), False
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true", False
+    number = parse_number(value)
+    return number is not None and number != 0, number is None
+
+
+def text_field(value: Any) -> tuple[str, bool]:
+    """A string field: (text, unusable?); absent or null is empty, anything else unusable."""
+    if value is None:
+        return "", False
+    return (value, False) if isinstance(value, str) else ("", True)
