@@ -166,7 +166,7 @@ class Client:
         return delay
 
     def _attempt(
-        self, method: str, body: dict[str, str], parse: Callable[[Any], T], deadline: float
+        self, method: str, body: dict[str, Any], parse: Callable[[Any], T], deadline: float
     ) -> T:
         remaining = deadline - self._clocks.monotonic()
         if remaining <= 0:

@@ -20,6 +20,8 @@ from exporter import __version__
 from exporter.api import Clocks
 from exporter.collector import Collector
 from exporter.config import (
+    COLLECTOR_DEFAULTS,
+    CollectorConfig,
     Config,
     ConfigError,
     Secret,
@@ -207,7 +209,10 @@ def demo_config(url: str, base: Config | None = None) -> Config:
 
     if base is None:
         base = Config(
-            groups=DEMO_GROUPS, windows=(Window("7d", 7 * 86400.0), Window("30d", 30 * 86400.0))
+            groups=DEMO_GROUPS,
+            windows=(Window("7d", 7 * 86400.0), Window("30d", 30 * 86400.0)),
+            # Every collector, the credit balance included: the fake grants "Billing Read".
+            collectors=tuple(CollectorConfig(name, True) for name in COLLECTOR_DEFAULTS),
         )
         base = replace(base, poll=replace(base.poll, interval=60.0))
     api = replace(base.api, url=url, service_key=Secret(DEMO_SERVICE_KEY), service_key_file=None)

@@ -47,6 +47,33 @@ POLL_REQUESTS = _f(
     " retries not included.",
 )
 _BY_NAME: Mapping[str, Source] = {s.name: s for s in SOURCES}
+# Every source's health, the same families for all: `collector` is its collectors: key,
+# `group` its target (empty for a team-level poll).
+COLLECTOR_HEALTH = (
+    _f(
+        "windsurf_collector_up",
+        "1 if the last poll of the collector for the group (empty: the whole team) succeeded,"
+        " else 0.",
+    ),
+    _f(
+        "windsurf_exporter_collector_last_success_timestamp_seconds",
+        "Unix time of the collector's last successful poll for the group.",
+    ),
+    _f(
+        "windsurf_exporter_collector_last_poll_duration_seconds",
+        "Seconds the collector's last poll for the group took, retries included.",
+    ),
+    _f(
+        "windsurf_exporter_collector_poll_errors_total",
+        "Failed polls of the collector for the group, by reason.",
+        "counter",
+    ),
+    _f(
+        "windsurf_exporter_collector_api_requests_total",
+        "Requests of the collector for the group by outcome, retries included.",
+        "counter",
+    ),
+)
 
 
 @functools.cache
@@ -91,12 +118,12 @@ def health_families(health: Health) -> tuple[Family, ...]:
 
 
 def _health(state: SourceState) -> list[str]:
-    """A target's health lines, one per health family (maybe empty); none before its first
-    poll, since unknown is not down."""
+    """A target's health lines, one per health family of its source (maybe empty); none
+    before its first poll, since unknown is not down."""
     health = _BY_NAME[state.source].health
-    up, success, last, duration, polls, errors, requests, skipped = health_families(health)
-    if not state.polls:
+    if health is None or not state.polls:
         return []
+    up, success, last, duration, polls, errors, requests, skipped = health_families(health)
     target = [(health.label, state.name)] if health.label else []
     g = labels(target) if target else ""
 
@@ -112,6 +139,27 @@ def _health(state: SourceState) -> list[str]:
         _counter(errors, target, "reason", REASONS, state.errors),
         _counter(requests, target, "outcome", OUTCOMES, state.requests),
         line(skipped, state.report.skipped) if state.report is not None else "",
+    ]
+
+
+def _collector_health(state: SourceState) -> list[str]:
+    """A target's windsurf_collector_* lines, one per COLLECTOR_HEALTH family; none before its
+    first poll."""
+    if not state.polls:
+        return []
+    up, success, duration, errors, requests = COLLECTOR_HEALTH
+    target = [("collector", _BY_NAME[state.source].collector), ("group", state.name)]
+    g = labels(target)
+    return [
+        f"{up.name}{g} {int(state.up)}\n",
+        f"{success.name}{g} {number(state.last_success)}\n"
+        if state.last_success is not None
+        else "",
+        f"{duration.name}{g} {state.last_duration:.6f}\n"
+        if state.last_duration is not None
+        else "",
+        _counter(errors, target, "reason", REASONS, state.errors),
+        _counter(requests, target, "outcome", OUTCOMES, state.requests),
     ]
 
 
@@ -220,10 +268,16 @@ class Collector:
         health = {s.key: _health(s) for s in snapshot.states}
         out: list[str] = []
         for source in SOURCES:
+            if source.health is None:
+                continue
             mine = [h for k, h in health.items() if k[0] == source.name]
             for index, family in enumerate(health_families(source.health)):
                 chunks = [h[index] for h in mine if h]
                 out.extend(family_lines(family.header(openmetrics), chunks))
+        every = [_collector_health(s) for s in snapshot.states]
+        for index, family in enumerate(COLLECTOR_HEALTH):
+            chunks = [h[index] for h in every if h]
+            out.extend(family_lines(family.header(openmetrics), chunks))
         out.append(BUILD.header(openmetrics) + self._build)
         out.append(
             f"{POLL_REQUESTS.header(openmetrics)}{POLL_REQUESTS.name} "

@@ -180,6 +180,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class CollectorConfig:
+    """One upstream source switched on or off (`collectors.<name>`), with its own poll
+    interval (None: `poll.interval`)."""
+
+    name: str
+    enabled: bool
+    interval: float | None = None
+
+
+# The collectors a config may name, each with whether it is on by default: CascadeAnalytics
+# needs only "Teams Read-only" like UserPageAnalytics; the credit balance needs "Billing Read".
+COLLECTOR_DEFAULTS: Mapping[str, bool] = MappingProxyType(
+    {"user_page": True, "cascade": True, "credits": False}
+)
+DEFAULT_COLLECTORS = tuple(CollectorConfig(n, on) for n, on in COLLECTOR_DEFAULTS.items())
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     poll: PollConfig = field(default_factory=PollConfig)
@@ -194,6 +212,16 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     # Poll the whole team too: exact team numbers, people in no configured group.
     team: bool = True
+    collectors: tuple[CollectorConfig, ...] = DEFAULT_COLLECTORS
+
+    def collector(self, name: str) -> CollectorConfig:
+        """The settings of collector `name` (one of COLLECTOR_DEFAULTS)."""
+        return next(c for c in self.collectors if c.name == name)
+
+    def interval(self, collector: str) -> float:
+        """How often the collector's targets are polled."""
+        own = self.collector(collector).interval
+        return self.poll.interval if own is None else own
 
     def warnings(self) -> list[str]:
         """Legal settings an operator should still hear about."""
@@ -248,6 +276,12 @@ class Config:
                 "max_label_values": self.limits.max_label_values,
             },
             "team": self.team,
+            "collectors": {
+                c.name: c.enabled
+                if c.interval is None
+                else {"enabled": c.enabled, "interval": _duration_text(c.interval)}
+                for c in self.collectors
+            },
         }
 
 
@@ -279,6 +313,7 @@ CONFIG_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
             "per_user",
             "idle_thresholds",
             "limits",
+            "collectors",
         ),
         "api": (
             "url",
@@ -291,6 +326,9 @@ CONFIG_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "poll": ("interval", "max_staleness", "concurrency"),
         "labels": ("user", "hash_salt_file"),
         "limits": ("max_rows", "max_label_length", "max_label_values"),
+        "collectors": tuple(COLLECTOR_DEFAULTS),
+        # The keys of each `collectors.<name>` written as a mapping rather than true/false.
+        "collectors.*": ("enabled", "interval"),
     }
 )
 WEB_CONFIG_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -553,6 +591,7 @@ def parse_config(
     per_user = reader.boolean(raw, "per_user", "per_user", True)
     team = reader.boolean(raw, "team", "team", True)
     limits = _limits(reader, reader.section(raw, "limits", CONFIG_KEYS["limits"]))
+    collectors = _collectors(reader, reader.section(raw, "collectors", CONFIG_KEYS["collectors"]))
     reader.done(source)
     return Config(
         api=api,
@@ -564,7 +603,33 @@ def parse_config(
         idle_thresholds=idle,
         limits=limits,
         team=team,
+        collectors=collectors,
     )
+
+
+def _collectors(reader: _Reader, raw: Mapping[str, Any]) -> tuple[CollectorConfig, ...]:
+    """Each collector as `true`/`false` or `{enabled, interval}`; absent ones keep their
+    default."""
+    found = []
+    for name, default in COLLECTOR_DEFAULTS.items():
+        path = f"collectors.{name}"
+        value = raw.get(name)
+        if isinstance(value, dict):
+            reader.unknown(value, CONFIG_KEYS["collectors.*"], f"{path}.")
+            enabled = reader.boolean(value, "enabled", f"{path}.enabled", True)
+            interval = value.get("interval")
+            seconds = (
+                None
+                if interval is None
+                else reader.duration(value, "interval", f"{path}.interval", 0.0)
+            )
+            found.append(CollectorConfig(name, enabled, seconds or None))
+        elif value is None or isinstance(value, bool):
+            found.append(CollectorConfig(name, default if value is None else value))
+        else:
+            reader.fail(path, f"{value!r} must be true, false or a mapping of enabled, interval")
+            found.append(CollectorConfig(name, default))
+    return tuple(found)
 
 
 def _limits(reader: _Reader, raw: Mapping[str, Any]) -> Limits:

@@ -72,7 +72,7 @@ def next_state(old: PollState, result: PollResult | Reloaded, config: Config) ->
         return _reloaded(old, result.now, config)
     if old.asks.get(result.key) != result.ask:
         return old
-    interval = config.poll.interval
+    interval = config.interval(_BY_NAME[result.key[0]].collector)
     due = result.started + interval + result.jitter
     failure = result.failure
     if failure is not None and failure.retry_after is not None:
@@ -148,7 +148,8 @@ class Published:
 def log_published(published: Published) -> None:
     """One log line per poll: a warning with what is kept when it failed, info on recovery."""
     old, new, failure = published.before, published.after, published.result.failure
-    fields = {"group": new.name or "(whole team)"}
+    source = _BY_NAME[published.result.key[0]]
+    fields = {"group": new.name or "(whole team)", "collector": source.collector}
     if failure is not None:
         if new.report is None:
             kept = "no data yet"
@@ -159,7 +160,7 @@ def log_published(published: Published) -> None:
         log.warning(
             "poll failed: %s; %s down, %s, next attempt in %s",
             failure,
-            _BY_NAME[published.result.key[0]].health.subject,
+            source.health.subject if source.health else f"{source.name} of the {_whom(new.name)}",
             kept,
             format_duration(published.next_in),
             extra={**fields, "reason": failure.reason.value},
@@ -175,6 +176,10 @@ def log_published(published: Published) -> None:
                 "duration": f"{new.last_duration or 0:.3f}s",
             },
         )
+
+
+def _whom(target: str) -> str:
+    return f"group {target}" if target else "team"
 
 
 class Poller:
@@ -332,7 +337,7 @@ class Poller:
                 return None
             log.exception("unexpected error polling group", extra={"group": target})
             failure = ApiError(Reason.INVALID_RESPONSE, type(err).__name__)
-        interval = config.poll.interval
+        interval = config.interval(source.collector)
         return PollResult(
             key=key,
             ask=state.asks[key],

@@ -25,7 +25,7 @@ class Request:
     it was asked (wall time; None: no bound) and the limits on what is built from it."""
 
     method: str
-    body: Mapping[str, str]
+    body: Mapping[str, Any]
     target: str
     window: Window | None = None
     asked_at: float | None = None
@@ -88,7 +88,12 @@ class Source(Protocol):
 
     # Names the source in logs and in the Snapshot's states.
     name: str
-    health: Health
+    # The `collectors:` key that switches it on and sets its interval; also the `collector`
+    # label of its windsurf_collector_* health series.
+    collector: str
+    # Health series of its own besides the windsurf_collector_* ones every source has; None:
+    # none.
+    health: Health | None
     # Every family it may export, in exposition order.
     families: tuple[Family, ...]
 

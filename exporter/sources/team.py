@@ -64,7 +64,8 @@ class Team(Replies):
     """The team source: one target, "", polled when `team` is on (the default)."""
 
     name: str = TEAM_KEY[0]
-    health: Health = Health(prefix="team_", label="", subject="team")
+    collector: str = "user_page"
+    health: Health | None = Health(prefix="team_", label="", subject="team")
     families: tuple[Family, ...] = (
         TEAM_USERS,
         TEAM_BILLING_START,
@@ -80,7 +81,8 @@ class Team(Replies):
     )
 
     def targets(self, config: Config) -> tuple[str, ...]:
-        return (TEAM_KEY[1],) if config.team else ()
+        on = config.team and config.collector(self.collector).enabled
+        return (TEAM_KEY[1],) if on else ()
 
     def depends_on(self, config: Config) -> Hashable:
         return config.windows

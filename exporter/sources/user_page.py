@@ -497,7 +497,8 @@ class UserPage(Replies):
     """
 
     name: str = "user_page"
-    health: Health = Health(prefix="", label="group", subject="group")
+    collector: str = "user_page"
+    health: Health | None = Health(prefix="", label="group", subject="group")
     families: tuple[Family, ...] = (
         GROUP_USERS,
         BILLING_START,
@@ -521,6 +522,8 @@ class UserPage(Replies):
     )
 
     def targets(self, config: Config) -> tuple[str, ...]:
+        if not config.collector(self.collector).enabled:
+            return ()
         return tuple(g for g in config.groups if g) if config.team else config.groups
 
     def depends_on(self, config: Config) -> Hashable:
