@@ -296,7 +296,7 @@ class Cascade:
     name: str = "cascade"
     collector: str = "cascade"
     health: Health | None = None
-    families: tuple[Family, ...] = tuple(f for pair in _ALL for f in pair)
+    families: tuple[Family, ...] = tuple(p[0] for p in _ALL) + tuple(p[1] for p in _ALL)
 
     def targets(self, config: Config) -> tuple[str, ...]:
         if not config.collector(self.collector).enabled:
