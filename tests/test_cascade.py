@@ -16,7 +16,7 @@ import pytest
 from exporter.collector import Collector
 from exporter.config import CollectorConfig, Config, ConfigError, Limits, Window, parse_config
 from exporter.demo import CASCADE as CASCADE_METHOD
-from exporter.demo import CREDIT_BALANCE, USAGE_CONFIG, FakeWindsurf
+from exporter.demo import CREDIT_BALANCE, USAGE_CONFIG, FakeWindsurf, Fault
 from exporter.poller import PollResult, PollState, Reloaded, next_state
 from exporter.sources.base import Request
 from exporter.sources.cascade import CASCADE, CascadeReport, decode, mode_label
@@ -428,7 +428,6 @@ def test_a_failing_cascade_hides_nothing_else(
     write_config: Callable[..., Any],
     start_exporter: Callable[..., Running],
 ) -> None:
-    from exporter.demo import Fault  # noqa: PLC0415
 
     fake_api.set_fault("*", Fault(500), method=CASCADE_METHOD)
     group = fake_api.groups[0]
