@@ -119,6 +119,7 @@ class GroupReport:
     billing_start: float | None = None
     billing_end: float | None = None
     totals: Totals = field(default_factory=Totals)
+    updated: float | None = None  # the newest lastUpdateTime: when the API last refreshed
 
 
 def request_body(group: str, start: float, end: float) -> dict[str, str]:
@@ -183,7 +184,20 @@ def build_report(pages: Sequence[tuple[str, Page]]) -> GroupReport:
         billing_start=first.billing_start,
         billing_end=first.billing_end,
         totals=totals(stats, [window for window, _ in pages]),
+        updated=newest_update(pages),
     )
+
+
+def newest_update(pages: Sequence[tuple[str, Page]]) -> float | None:
+    """The newest `lastUpdateTime` of any row: the API refreshes its numbers every few hours,
+    and this says when it last did for these people (None when no row says)."""
+    times = (
+        parse_time(row.get("lastUpdateTime"))
+        for _, page in pages
+        for row in page.rows
+        if isinstance(row, dict)
+    )
+    return max((t for t in times if t is not None), default=None)
 
 
 def _user(email: str, row: Mapping[str, Any], active: Mapping[str, float]) -> UserStats:
@@ -260,6 +274,11 @@ BILLING_END = _f(
     "windsurf_billing_cycle_end_timestamp_seconds",
     "Unix time the current billing cycle ends (billingCycleEnd)." + _CACHED,
 )
+GROUP_UPDATED = _f(
+    "windsurf_group_data_updated_timestamp_seconds",
+    "Unix time the API last refreshed the group's numbers: the newest lastUpdateTime of its"
+    " rows." + _CACHED,
+)
 GROUP_ACTIVE = _f(
     "windsurf_group_active_users", "Users with activeDays > 0 in the window." + _CACHED
 )
@@ -318,6 +337,7 @@ class UserPage:
         GROUP_USERS,
         BILLING_START,
         BILLING_END,
+        GROUP_UPDATED,
         GROUP_ACTIVE,
         GROUP_BILLABLE,
         GROUP_CREDITS,
@@ -374,6 +394,8 @@ def render_group(group: str, report: GroupReport, config: Config) -> Rendered:
         add(BILLING_START, [g], report.billing_start)
     if report.billing_end is not None:
         add(BILLING_END, [g], report.billing_end)
+    if report.updated is not None:
+        add(GROUP_UPDATED, [g], report.updated)
     agg = report.totals
     for window, active in agg.active:
         add(GROUP_ACTIVE, [g, ("window", window)], active)
