@@ -219,7 +219,7 @@ def _log_overrun(published: Published, fields: Mapping[str, str]) -> None:
     log.warning(
         "poll took %s, longer than poll.interval %s: %s cannot answer the configured requests"
         " within it; lengthen poll.interval or raise the budget",
-        format_duration(result.finished - result.started),
+        f"{result.finished - result.started:.2f}s",
         format_duration(config.poll.interval),
         why,
         extra=fields,
