@@ -1,0 +1,173 @@
+"""One key, one budget (issue 16), against the fake API over loopback and its request log: a
+Retry-After on one group holds every request with the key, and api.max_requests_per_minute
+spreads the requests of many groups without losing any."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.api import Clocks
+from exporter.config import ApiConfig, Config, PollConfig, Secret, Window
+from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Fault, Recorded, synthetic_team
+from exporter.poller import Poller
+from tests.conftest import Running, samples, series, wait_for
+from tests.test_faults import API, POLL, Records, capture_log, errors, group_series, up
+
+GROUPS = ["engineering", "research", "design", "sales"]
+UNTIL = "windsurf_exporter_rate_limited_until_timestamp_seconds"
+
+
+def keyed(fake: FakeWindsurf, start: float, end: float) -> list[Recorded]:
+    """Every request with the demo key, to any method, the fake received in [start, end)."""
+    return [r for r in fake.requests if r.service_key == DEMO_SERVICE_KEY and start <= r.at < end]
+
+
+@pytest.fixture
+def start_fast(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    start_exporter: Callable[..., Running],
+) -> Callable[..., Running]:
+    def start(**api: object) -> Running:
+        config = write_config(
+            {"api": {**API, "url": fake_api.url, **api}, "poll": POLL, "groups": GROUPS}
+        )
+        return start_exporter("--config.file", str(config))
+
+    return start
+
+
+@pytest.fixture
+def log() -> Iterator[Records]:
+    with capture_log() as records:
+        yield records
+
+
+def test_a_retry_after_on_one_group_holds_every_request_with_the_key_then_all_resume(
+    fake_api: FakeWindsurf, start_fast: Callable[..., Running], log: Records
+) -> None:
+    running = start_fast()
+    wait_for(lambda: all(up(running.metrics(), g) == 1 for g in GROUPS), what="all groups up")
+    before = running.scrape().text
+    assert samples(before)[UNTIL] == 0
+    log.records.clear()
+    fake_api.set_fault("engineering", Fault(429, headers={"Retry-After": "5"}, times=1))
+    until = wait_for(lambda: running.metrics()[UNTIL], what="the key's wait to be exported")
+    # The other groups come due during the wait: not asked, they keep their data and say why.
+    during = wait_for(
+        lambda: (
+            all(errors(samples(t := running.scrape().text), g, "rate_limited") for g in GROUPS)
+            and t
+        ),
+        what="every group to be held by the wait",
+    )
+    assert time.time() < until
+    for group in GROUPS:
+        assert up(samples(during), group) == 0
+        assert group_series(during, group), "the last good data stays"
+    # Every group and method is asked again once the wait is over.
+    wait_for(
+        lambda: (
+            all(
+                fake_api.requests_for(g) and fake_api.requests_for(g)[-1].at >= until
+                for g in GROUPS
+            )
+            and all(up(running.metrics(), g) == 1 for g in GROUPS)
+        ),
+        timeout=15,
+        what="every group to resume after the wait",
+    )
+    # Requests already on the wire when the 429 came back may land just after it.
+    assert keyed(fake_api, until - 5 + 0.1, until) == []
+    metrics = running.metrics()
+    assert metrics[UNTIL] == 0
+    for group in GROUPS[1:]:  # not asked: no HTTP request was sent, so none is counted
+        outcome = series(
+            "windsurf_exporter_api_requests_total", group=group, outcome="rate_limited"
+        )
+        assert metrics[outcome] == 0
+    warnings = [r for r in log.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert getattr(warnings[0], "group", None) == "engineering"
+    assert "HTTP 429" in warnings[0].getMessage()
+    assert "next attempt in 5s" in warnings[0].getMessage()
+
+
+class FastClock:
+    """Real time running `rate` times faster, for the exporter and the fake API alike: minutes
+    of request budget pass in seconds, while every request still goes over loopback."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._origin = time.monotonic()
+        self._wall = time.time()
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self._origin) * self.rate
+
+    def wall(self) -> float:
+        return self._wall + self.monotonic()
+
+    def clocks(self) -> Clocks:
+        return Clocks(monotonic=self.monotonic, wall=self.wall, rate=self.rate)
+
+
+def most_in_any_window(times: list[float], seconds: float) -> int:
+    """The most of `times` any closed window of `seconds` holds."""
+    ordered = sorted(times)
+    return max(
+        (sum(1 for t in ordered[i:] if t <= start + seconds) for i, start in enumerate(ordered)),
+        default=0,
+    )
+
+
+def test_a_budget_of_60_per_minute_holds_in_every_window_and_every_group_gets_its_data() -> None:
+    clock = FastClock(rate=6.0)
+    groups = [f"team-{n}" for n in range(10)]
+    with FakeWindsurf(team=synthetic_team(size=40, groups=groups), clock=clock.wall) as fake:
+        config = Config(
+            api=ApiConfig(
+                url=fake.url,
+                service_key=Secret(DEMO_SERVICE_KEY),
+                timeout=30.0,
+                max_requests_per_minute=60,
+            ),
+            # 10 groups every 5 s ask 2 requests a second of a budget of 1: polls queue.
+            poll=PollConfig(interval=5.0, concurrency=4),
+            groups=tuple(groups),
+            windows=(Window("30d", 30 * 86400.0),),
+        )
+        poller = Poller(config, clocks=clock.clocks(), jitter=lambda interval: 0.0)
+        with capture_log() as log:
+            poller.start()
+            try:
+                wait_for(lambda: len(fake.requests) >= 75, timeout=60, what="75 requests")
+            finally:
+                poller.stop()
+        sent = [r.at for r in fake.requests]
+        assert most_in_any_window(sent, 60.0) <= 60
+        assert most_in_any_window(sent, 1.0) <= 2  # a second's share (1) plus one
+        states = poller.snapshot.states
+        assert {s.name for s in states if s.report is not None and s.up} == set(groups)
+        assert [sum(s.errors.values()) for s in states] == [0] * len(groups)
+        # Queued polls overran their interval, and said so.
+        assert sum(s.overruns for s in states) >= 1
+        overran = wait_for(
+            lambda: (
+                len(
+                    lines := [
+                        r for r in log.records if "longer than poll.interval" in r.getMessage()
+                    ]
+                )
+                == sum(s.overruns for s in states)
+                and lines
+            ),
+            timeout=5,
+            what="one log line per overrun",
+        )
+        assert "api.max_requests_per_minute: 60" in overran[0].getMessage()
