@@ -155,7 +155,7 @@ class KeyLimit:
                     if budget is not None:
                         self._sent.append(sent)
                     return sent
-            if turn is not None and turn > latest:
+            if (turn if turn is not None else now) > latest:
                 return None
             if clocks.wait(_RECHECK if turn is None else turn - now):
                 raise Stopped
