@@ -14,7 +14,15 @@ import pytest
 
 from exporter.api import ApiError, Clocks
 from exporter.collector import Collector
-from exporter.config import ApiConfig, Config, PollConfig, Secret, Window
+from exporter.config import (
+    ApiConfig,
+    Config,
+    ConfigError,
+    PollConfig,
+    Secret,
+    Window,
+    parse_config,
+)
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Fault, Recorded, synthetic_team
 from exporter.poller import Poller, RateLimited, Reloaded, next_state
 from exporter.state import Reason
@@ -212,3 +220,20 @@ def test_the_wait_is_exported_until_it_ends_then_zero(now: float, shown: float) 
     for openmetrics in (False, True):
         text = Collector().render(state.snapshot, now, openmetrics=openmetrics).decode()
         assert samples(text)[UNTIL] == shown
+
+
+def test_the_budget_is_unlimited_unless_configured() -> None:
+    env = {"WINDSURF_SERVICE_KEY": "sk-budget-test-0123456789"}
+    assert parse_config({}, environ=env).api.max_requests_per_minute is None
+    config = parse_config({"api": {"max_requests_per_minute": 60}}, environ=env)
+    assert config.api.max_requests_per_minute == 60
+    assert config.redacted()["api"]["max_requests_per_minute"] == 60
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, "fast", True])
+def test_a_bad_budget_stops_startup_with_its_key_path(value: object) -> None:
+    env = {"WINDSURF_SERVICE_KEY": "sk-budget-test-0123456789"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"api": {"max_requests_per_minute": value}}, environ=env)
+    assert "api.max_requests_per_minute:" in str(caught.value)
+    assert "at least 1" in str(caught.value)
