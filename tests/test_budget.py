@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +26,15 @@ from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Fault, Recorded, synth
 from exporter.poller import Poller, RateLimited, Reloaded, next_state
 from exporter.state import Reason
 from tests.conftest import Running, samples, series, wait_for
-from tests.test_faults import API, POLL, Records, capture_log, errors, group_series, up
+from tests.test_faults import (  # noqa: F401 - log and start_fast are fixtures used here
+    Records,
+    capture_log,
+    errors,
+    group_series,
+    log,
+    start_fast,
+    up,
+)
 from tests.test_poller import CONFIG, ENG, result, started, state_of
 
 GROUPS = ["engineering", "research", "design", "sales"]
@@ -39,31 +46,12 @@ def keyed(fake: FakeWindsurf, start: float, end: float) -> list[Recorded]:
     return [r for r in fake.requests if r.service_key == DEMO_SERVICE_KEY and start <= r.at < end]
 
 
-@pytest.fixture
-def start_fast(
-    fake_api: FakeWindsurf,
-    write_config: Callable[..., Path],
-    start_exporter: Callable[..., Running],
-) -> Callable[..., Running]:
-    def start(**api: object) -> Running:
-        config = write_config(
-            {"api": {**API, "url": fake_api.url, **api}, "poll": POLL, "groups": GROUPS}
-        )
-        return start_exporter("--config.file", str(config))
-
-    return start
-
-
-@pytest.fixture
-def log() -> Iterator[Records]:
-    with capture_log() as records:
-        yield records
-
-
 def test_a_retry_after_on_one_group_holds_every_request_with_the_key_then_all_resume(
-    fake_api: FakeWindsurf, start_fast: Callable[..., Running], log: Records
+    fake_api: FakeWindsurf,
+    start_fast: Callable[..., Running],  # noqa: F811 - the fixture imported above
+    log: Records,  # noqa: F811
 ) -> None:
-    running = start_fast()
+    running = start_fast(GROUPS)
     wait_for(lambda: all(up(running.metrics(), g) == 1 for g in GROUPS), what="all groups up")
     before = running.scrape().text
     assert samples(before)[UNTIL] == 0
