@@ -96,7 +96,6 @@ class _Sent:
     """One request the key sent: it holds its place in the window until 60 s after its end
     (inf while it runs), since the upstream may count it any time between send and reply."""
 
-    admitted: float
     ended: float = math.inf
 
 
@@ -150,7 +149,7 @@ class KeyLimit:
                     )
                 turn = self._turn(now, budget)
                 if turn is not None and turn <= now:
-                    sent = _Sent(now)
+                    sent = _Sent()
                     self._last = now
                     if budget is not None:
                         self._sent.append(sent)

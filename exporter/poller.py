@@ -215,13 +215,17 @@ def _log_overrun(published: Published, fields: Mapping[str, str]) -> None:
     if not overran(result, config.poll.interval):
         return
     budget = config.api.max_requests_per_minute
-    why = f"api.max_requests_per_minute: {budget}" if budget else "the API"
+    advice = (
+        f"at api.max_requests_per_minute: {budget} the key cannot send its requests in time;"
+        " lengthen poll.interval or raise the budget"
+        if budget
+        else "the API answers too slowly for it; lengthen poll.interval"
+    )
     log.warning(
-        "poll took %s, longer than poll.interval %s: %s cannot answer the configured requests"
-        " within it; lengthen poll.interval or raise the budget",
+        "poll took %s, longer than poll.interval %s: %s",
         f"{result.finished - result.started:.2f}s",
         format_duration(config.poll.interval),
-        why,
+        advice,
         extra=fields,
     )
 
