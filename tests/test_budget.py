@@ -24,7 +24,9 @@ from exporter.config import (
 )
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Fault, Recorded, synthetic_team
 from exporter.poller import Poller, RateLimited, Reloaded, next_state
+from exporter.sources.user_page import build_report, decode_page
 from exporter.state import Reason
+from tests import rows
 from tests.conftest import Running, samples, series, wait_for
 from tests.test_faults import (  # noqa: F401 - log and start_fast are fixtures used here
     Records,
@@ -225,3 +227,37 @@ def test_a_bad_budget_stops_startup_with_its_key_path(value: object) -> None:
         parse_config({"api": {"max_requests_per_minute": value}}, environ=env)
     assert "api.max_requests_per_minute:" in str(caught.value)
     assert "at least 1" in str(caught.value)
+
+
+# --- Upstream freshness: the newest lastUpdateTime of a group's rows. ---
+
+
+def test_a_groups_data_is_as_fresh_as_its_newest_lastupdatetime() -> None:
+    pages = [
+        ("7d", decode_page({"userTableStats": [rows.ALICE, {**rows.BOB, "lastUpdateTime": "x"}]})),
+        (
+            "30d",
+            decode_page(
+                {"userTableStats": [{**rows.BOB, "lastUpdateTime": "2024-10-11T00:00:00+02:00"}]}
+            ),
+        ),
+    ]
+    # ALICE: 2024-10-10T22:56:10.771591Z; the later page's BOB is 22:00Z, older; "x" is no time.
+    assert build_report(pages).updated == 1728600970.771591
+    assert (
+        build_report([("30d", decode_page({"userTableStats": [{"email": "a@x.io"}]}))]).updated
+        is None
+    )
+
+
+def test_the_exporter_shows_when_the_fake_api_last_refreshed_each_group(
+    fake_api: FakeWindsurf,
+    start_fast: Callable[..., Running],  # noqa: F811 - the fixture imported above
+) -> None:
+    running = start_fast(GROUPS)
+    metrics = running.metrics()
+    for group in GROUPS:
+        updated = metrics[series("windsurf_group_data_updated_timestamp_seconds", group=group)]
+        # The fake refreshes every row 10 minutes before it answers (just after it logs).
+        answers = [r.at - 600 for r in fake_api.requests_for(group)]
+        assert any(at <= updated <= at + 0.5 for at in answers), (updated, answers)
