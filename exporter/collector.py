@@ -62,10 +62,32 @@ SKIPPED = _f(
     "windsurf_exporter_skipped_rows",
     "Rows of the group's last reply left out: no email, or an email seen twice." + _CACHED,
 )
+OVERRUNS = _f(
+    "windsurf_exporter_poll_overruns_total",
+    "Polls of the group that took longer than poll.interval, queueing for the request budget"
+    " included.",
+    "counter",
+)
 BUILD = _f(
     "windsurf_exporter_build_info", "Version of windsurf-exporter; value is always 1.", "info"
 )
-_HEALTH = (UP, LAST_SUCCESS, LAST_POLL, POLL_DURATION, POLLS, POLL_ERRORS, REQUESTS, SKIPPED)
+# The key's, not a target's: computed at scrape time, since a wait ends without a new poll.
+RATE_LIMITED_UNTIL = _f(
+    "windsurf_exporter_rate_limited_until_timestamp_seconds",
+    "Unix time the service key's rate-limit wait (Retry-After of a 429 or 503) ends; every"
+    " request waits until then. 0 when not limited.",
+)
+_HEALTH = (
+    UP,
+    LAST_SUCCESS,
+    LAST_POLL,
+    POLL_DURATION,
+    POLLS,
+    OVERRUNS,
+    POLL_ERRORS,
+    REQUESTS,
+    SKIPPED,
+)
 _BY_NAME: Mapping[str, Source] = {s.name: s for s in SOURCES}
 
 
@@ -75,7 +97,11 @@ def _health(state: SourceState) -> dict[Family, str]:
         return {}
     label = _BY_NAME[state.source].target_label
     g = labels([(label, state.name)])
-    out = {UP: f"{UP.name}{g} {int(state.up)}\n", POLLS: f"{POLLS.name}{g} {state.polls}\n"}
+    out = {
+        UP: f"{UP.name}{g} {int(state.up)}\n",
+        POLLS: f"{POLLS.name}{g} {state.polls}\n",
+        OVERRUNS: f"{OVERRUNS.name}{g} {state.overruns}\n",
+    }
     if state.last_success is not None:
         out[LAST_SUCCESS] = f"{LAST_SUCCESS.name}{g} {number(state.last_success)}\n"
     if state.last_attempt is not None:
@@ -100,6 +126,12 @@ def _counter(
     return "".join(
         f"{family.name}{labels([target, (label, key)])} {counts.get(key, 0)}\n" for key in keys
     )
+
+
+def _rate_limited(snapshot: Snapshot, now: float, openmetrics: bool) -> str:
+    until = snapshot.rate_limited_until
+    value = number(until) if until > now else "0"
+    return f"{RATE_LIMITED_UNTIL.header(openmetrics)}{RATE_LIMITED_UNTIL.name} {value}\n"
 
 
 @dataclass
@@ -136,7 +168,10 @@ class Collector:
             for s, ok in zip(snapshot.states, live, strict=True)
         ]
         static = self._static_part(snapshot, live, rendered, openmetrics)
-        dynamic = utf8(self._dynamic_part(rendered, now, openmetrics))
+        dynamic = utf8(
+            _rate_limited(snapshot, now, openmetrics)
+            + self._dynamic_part(rendered, now, openmetrics)
+        )
         return static.body.body(dynamic, gzip)
 
     def _render_source(self, state: SourceState, config: Config) -> Rendered:
