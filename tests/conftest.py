@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from exporter.cli import Exporter, build_parser
-from exporter.config import Config, Window
+from exporter.config import CollectorConfig, Config, Window
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Member, synthetic_team
 from exporter.sources import Request
 from exporter.sources.user_page import USER_PAGE
@@ -28,6 +28,13 @@ from exporter.sources.user_page import USER_PAGE
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = Window("30d", 30 * 86400.0)
 REQUEST_TIME = 1728640000.0  # 2024-10-11T09:46:40Z
+# The collectors of a config that asks UserPageAnalytics only, as the tests written before the
+# other sources specify.
+USER_PAGE_ONLY = (
+    CollectorConfig("user_page", True),
+    CollectorConfig("cascade", False),
+    CollectorConfig("credits", False),
+)
 
 
 def page_request(group: str, now: float = REQUEST_TIME) -> Request:
@@ -75,9 +82,12 @@ def fake_api(team: list[Member]) -> Iterator[FakeWindsurf]:
 
 
 def write_config_in(directory: Path, raw: dict[str, Any], key: str = DEMO_SERVICE_KEY) -> Path:
-    """Write a config (a dict, as YAML) and a service key file into `directory`."""
+    """Write a config (a dict, as YAML) and a service key file into `directory`. A config
+    that names no `collectors` asks UserPageAnalytics only (what the tests written before the
+    other sources specify); tests of the other sources switch them on."""
     key_file = directory / "service-key"
     key_file.write_text(key + "\n")
+    raw = {"collectors": {"cascade": False}, **raw}
     raw = {**raw, "api": {"service_key_file": str(key_file), **raw.get("api", {})}}
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(raw))

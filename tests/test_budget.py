@@ -27,7 +27,7 @@ from exporter.poller import Poller, RateLimited, Reloaded, next_state
 from exporter.sources.user_page import build_report, decode_page
 from exporter.state import Reason
 from tests import rows
-from tests.conftest import Running, samples, series, wait_for
+from tests.conftest import USER_PAGE_ONLY, Running, samples, series, wait_for
 from tests.test_faults import (  # noqa: F401 - log and start_fast are fixtures used here
     Records,
     capture_log,
@@ -144,6 +144,7 @@ def test_a_budget_of_60_per_minute_holds_in_every_window_and_every_group_gets_it
             groups=tuple(groups),
             windows=(Window("30d", 30 * 86400.0),),
             team=False,  # the groups' polls only
+            collectors=USER_PAGE_ONLY,
         )
         poller = Poller(config, clocks=clock.clocks(), jitter=lambda interval: 0.0)
         with capture_log() as log:

@@ -431,7 +431,11 @@ def test_a_failing_cascade_hides_nothing_else(
 
     fake_api.set_fault("*", Fault(500), method=CASCADE_METHOD)
     group = fake_api.groups[0]
-    config = {"api": {"url": fake_api.url, "retries": 0}, "groups": [group]}
+    config = {
+        "api": {"url": fake_api.url, "retries": 0},
+        "groups": [group],
+        "collectors": {"cascade": True},
+    }
     running = start_exporter("--config.file", str(write_config(config)))
     metrics = running.metrics()
     assert metrics[series("windsurf_up", group=group)] == 1

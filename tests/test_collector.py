@@ -30,13 +30,14 @@ from exporter.sources.team import TEAM
 from exporter.sources.user_page import USER_PAGE, build_report, decode_page
 from exporter.state import Reason, Snapshot, SourceState
 from tests import rows
-from tests.conftest import samples
+from tests.conftest import USER_PAGE_ONLY, samples
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = 1728640000.0  # 2024-10-11T09:46:40Z
 CONFIG = Config(
     groups=("engineering", "research", "empty", "broken", "new"),
     windows=(Window("7d", 604800.0), Window("30d", 2592000.0)),
+    collectors=USER_PAGE_ONLY,
 )
 
 ALICE = {**rows.ALICE, "lastChatUsageTime": "2024-10-10T20:30:00.5+02:00"}
@@ -273,6 +274,10 @@ def test_a_group_never_polled_successfully_has_only_health_series() -> None:
         "windsurf_exporter_poll_overruns_total",
         "windsurf_exporter_poll_errors_total",
         "windsurf_exporter_api_requests_total",
+        "windsurf_collector_up",
+        "windsurf_exporter_collector_last_poll_duration_seconds",
+        "windsurf_exporter_collector_poll_errors_total",
+        "windsurf_exporter_collector_api_requests_total",
     }
 
 

@@ -17,11 +17,15 @@ from exporter.sources.team import TEAM
 from exporter.sources.user_page import USER_PAGE, build_report, decode_page
 from exporter.state import Reason
 from tests import rows
-from tests.conftest import wait_for
+from tests.conftest import USER_PAGE_ONLY, wait_for
 
 WEEK, MONTH = Window("7d", 7 * 86400.0), Window("30d", 30 * 86400.0)
 CONFIG = Config(
-    groups=("eng", "ops"), windows=(MONTH,), poll=PollConfig(interval=900.0), team=False
+    groups=("eng", "ops"),
+    windows=(MONTH,),
+    poll=PollConfig(interval=900.0),
+    team=False,
+    collectors=USER_PAGE_ONLY,
 )
 ENG, OPS, NEW = (USER_PAGE.name, "eng"), (USER_PAGE.name, "ops"), (USER_PAGE.name, "new")
 REPORT = build_report([("30d", decode_page({"userTableStats": [rows.ALICE]}))])
@@ -212,6 +216,7 @@ def fake_config(fake: FakeWindsurf, **api: Any) -> Config:
         groups=("engineering", "research"),
         poll=PollConfig(interval=3600.0),
         team=False,
+        collectors=USER_PAGE_ONLY,
     )
 
 
