@@ -255,7 +255,7 @@ class Client:
         attempt = 0
         while True:
             try:
-                record = self._attempt(request.method, body, parse, deadline)
+                record = self._attempt(request, body, parse, deadline)
             except ApiError as err:
                 self.limit.done(sent)
                 on_attempt(err.reason.value)
@@ -300,7 +300,7 @@ class Client:
         return self._clocks.monotonic() + delay < deadline - 0.05
 
     def _attempt(
-        self, method: str, body: dict[str, Any], parse: Callable[[Any], T], deadline: float
+        self, request: Request, body: dict[str, Any], parse: Callable[[Any], T], deadline: float
     ) -> T:
         remaining = deadline - self._clocks.monotonic()
         if remaining <= 0:
@@ -312,7 +312,7 @@ class Client:
                 watchdog,
                 self._http.stream(
                     "POST",
-                    self._url + method,
+                    self._url + request.method,
                     json=body,
                     timeout=httpx.Timeout(remaining, connect=min(remaining, _CONNECT_TIMEOUT)),
                     extensions={"trace": watchdog.trace},
@@ -331,7 +331,7 @@ class Client:
             raise ApiError(
                 Reason.CONNECTION, f"cannot reach {self._api.url}: {self._clean(str(err))}"
             ) from None
-        return self._decode(response, content, parse, deadline)
+        return self._decode(response, content, parse, deadline, request.permission)
 
     def _read(self, response: httpx.Response, deadline: float) -> bytes:
         limit = self._api.max_response_bytes
@@ -351,7 +351,12 @@ class Client:
         return b"".join(chunks)
 
     def _decode(
-        self, response: httpx.Response, content: bytes, parse: Callable[[Any], T], deadline: float
+        self,
+        response: httpx.Response,
+        content: bytes,
+        parse: Callable[[Any], T],
+        deadline: float,
+        permission: str,
     ) -> T:
         """The reply's JSON, parsed; decoding and parsing count against the deadline too."""
         status = response.status_code
@@ -361,7 +366,7 @@ class Client:
         failed = isinstance(document, dict) and document.get("error") not in (None, "")
         upstream = self._clean(str(document["error"])) if failed else ""
         if status >= 300:
-            raise self._status_error(response, upstream)
+            raise self._status_error(response, upstream, permission)
         if document is _NOT_JSON:
             kind = self._clean(
                 response.headers.get("content-type", "no content type").split(";")[0]
@@ -380,13 +385,13 @@ class Client:
         if self._clocks.monotonic() > deadline:
             raise ApiError(Reason.TIMEOUT, f"reply not {done} within {self._api.timeout:g}s")
 
-    def _status_error(self, response: httpx.Response, upstream: str) -> ApiError:
+    def _status_error(self, response: httpx.Response, upstream: str, permission: str) -> ApiError:
         status = response.status_code
         said = f": {upstream}" if upstream else ""
         if status in (401, 403):
             return ApiError(
                 Reason.AUTH,
-                f"HTTP {status}, the service key was refused (check it has Teams Read-only){said}",
+                f"HTTP {status}, the service key was refused (check it has {permission}){said}",
             )
         if status == 404:
             return ApiError(Reason.NOT_FOUND, f"HTTP 404, group not found{said}")

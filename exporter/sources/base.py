@@ -22,7 +22,8 @@ from exporter.state import Report
 class Request:
     """One call of a v1 method: its body without the service key (the transport adds it), the
     target it is for, the window it covers, if any, and what its reply is read against: when
-    it was asked (wall time; None: no bound) and the limits on what is built from it."""
+    it was asked (wall time; None: no bound), the limits on what is built from it, and the
+    permission it needs."""
 
     method: str
     body: Mapping[str, Any]
@@ -30,6 +31,8 @@ class Request:
     window: Window | None = None
     asked_at: float | None = None
     limits: Limits = field(default_factory=Limits)
+    # The key's permission the method needs, named when the upstream refuses the key.
+    permission: str = "Teams Read-only"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ log = logging.getLogger("exporter.credits")
 
 BALANCE = "GetTeamCreditBalance"
 USAGE_CONFIG = "GetUsageConfig"
+_PERMISSION = "Billing Read"
 _MAX = 1e15  # beyond any plan: an impossible value is unusable, not data
 _CACHED = " Cached from the last successful poll."
 # Reply field -> what it is kept as, in exposition order.
@@ -126,8 +127,10 @@ class Credits:
 
     def plan(self, config: Config, target: str, now: float) -> tuple[Request, ...]:
         return (
-            Request(BALANCE, {}, target, asked_at=now),
-            Request(USAGE_CONFIG, {"team_level": True}, target, asked_at=now),
+            Request(BALANCE, {}, target, asked_at=now, permission=_PERMISSION),
+            Request(
+                USAGE_CONFIG, {"team_level": True}, target, asked_at=now, permission=_PERMISSION
+            ),
         )
 
     def parse(self, request: Request, document: Any) -> Values:
