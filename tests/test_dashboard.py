@@ -106,11 +106,43 @@ def test_headline_stats_count_people_and_say_so(dashboard: dict[str, Any], title
         ("bargauge", "windsurf_user_last_usage_age_seconds"),
         ("state-timeline", "windsurf_up"),
         ("stat", "windsurf_exporter_last_success_timestamp_seconds"),
+        ("timeseries", "windsurf_group_cascade_lines_suggested"),
+        ("timeseries", "windsurf_group_cascade_lines_accepted"),
+        ("bargauge", "windsurf:group_cascade_acceptance:ratio"),
+        ("bargauge", "windsurf_group_cascade_messages"),
+        ("bargauge", "windsurf_group_cascade_prompt_credits_used"),
+        ("bargauge", "windsurf_group_cascade_tool_calls"),
+        ("timeseries", "windsurf:team_prompt_credit_pool"),
+        ("timeseries", "windsurf:team_prompt_credit_pool_used"),
+        ("timeseries", "windsurf_team_addon_credits_available"),
+        ("timeseries", "windsurf_team_addon_credits_used"),
+        ("timeseries", "windsurf_team_addon_credit_cap"),
+        ("timeseries", "windsurf_team_seats"),
+        ("timeseries", "windsurf:team_billable_seats"),
+        ("timeseries", "windsurf:team_active_seats"),
+        ("stat", "windsurf:team_unassigned_seats"),
+        ("state-timeline", "windsurf_collector_up"),
     ],
 )
 def test_dashboard_shows(dashboard: dict[str, Any], kind: str, metric: str) -> None:
     exprs = [t["expr"] for p in panels(dashboard) if p["type"] == kind for t in p["targets"]]
     assert any(metric in e for e in exprs), f"no {kind} panel queries {metric}"
+
+
+def test_cascade_and_credits_rows_hold_their_panels(dashboard: dict[str, Any]) -> None:
+    """Each row's panels are the ones below it, up to the next row."""
+    rows: dict[str, list[str]] = {}
+    current = ""
+    for panel in sorted(dashboard["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])):
+        if panel["type"] == "row":
+            current = panel["title"]
+        else:
+            rows.setdefault(current, []).append(panel["title"])
+    assert len(rows["Cascade"]) == 5
+    assert any("acceptance" in t for t in rows["Cascade"])
+    assert any("tools" in t for t in rows["Cascade"])
+    assert any("unassigned seats" in t for t in rows["Credits"])
+    assert any("pool vs used" in t for t in rows["Credits"])
 
 
 def test_idle_seat_table_columns(dashboard: dict[str, Any]) -> None:

@@ -182,6 +182,36 @@ def test_every_recording_rule_produces_series(stack: Stack) -> None:
     assert empty == []
 
 
+def _value(stack: Stack, expr: str) -> float:
+    (sample,) = stack.prometheus.query(expr)
+    return float(sample["value"][1])
+
+
+def test_credit_pool_and_unassigned_seats_follow_the_fakes_balance(stack: Stack) -> None:
+    _, balance = stack.demo.respond_credit_balance({})
+    seats, per_seat = balance["numSeats"], balance["promptCreditsPerSeat"]
+    billable = sum(m.billable for m in stack.demo.team)
+    assert _value(stack, "windsurf:team_prompt_credit_pool") == seats * per_seat
+    assert _value(stack, "windsurf:team_unassigned_seats") == seats - billable
+    assert _value(stack, "windsurf:team_prompt_credit_pool_used") == _value(
+        stack, "max(windsurf_team_prompt_credits_used)"
+    )
+
+
+def test_cascade_acceptance_is_accepted_over_suggested_for_every_group_and_window(
+    stack: Stack,
+) -> None:
+    ratios = stack.prometheus.query("windsurf:group_cascade_acceptance:ratio")
+    demo_groups = {r["metric"]["group"] for r in ratios if r["metric"]["group"] in DEMO_GROUPS}
+    assert demo_groups == set(DEMO_GROUPS)
+    for ratio in ratios:
+        where = '{{group="{group}", window="{window}"}}'.format(**ratio["metric"])
+        accepted = _value(stack, f"max(windsurf_group_cascade_lines_accepted{where})")
+        suggested = _value(stack, f"max(windsurf_group_cascade_lines_suggested{where})")
+        assert float(ratio["value"][1]) == pytest.approx(accepted / suggested), where
+        assert 0 < accepted <= suggested, where
+
+
 def _groups_label(member: Member) -> str:
     return ",".join(sorted(member.groups))
 
