@@ -506,18 +506,7 @@ def sources_snapshot() -> Snapshot:
         config=config,
         states=(
             SourceState(CASCADE.name, "eng", eng, last_duration=0.25, requests=ok, **healthy),
-            SourceState(
-                CASCADE.name,
-                "ops",
-                None,
-                up=False,
-                last_attempt=NOW - 60,
-                last_duration=0.5,
-                polls=1,
-                last_error=Reason.NOT_FOUND,
-                errors=MappingProxyType({"not_found": 1}),
-                requests=MappingProxyType({"not_found": 1}),
-            ),
+            failed(SourceState(CASCADE.name, "ops", last_duration=0.5), Reason.NOT_FOUND),
             SourceState(CASCADE.name, "", team, last_duration=0.75, requests=ok, **healthy),
             SourceState(
                 CREDITS.name,
@@ -528,6 +517,14 @@ def sources_snapshot() -> Snapshot:
                 **healthy,
             ),
         ),
+    )
+
+
+def failed(state: SourceState, reason: Reason) -> SourceState:
+    """A target whose one poll, a minute ago, failed for `reason`."""
+    once = MappingProxyType({reason.value: 1})
+    return replace(
+        state, last_attempt=NOW - 60, polls=1, last_error=reason, errors=once, requests=once
     )
 
 

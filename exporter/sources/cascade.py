@@ -30,8 +30,7 @@ from exporter.config import Config, Limits
 from exporter.exposition import Family, labels, number, utf8
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.user_page import bounded, label_value
-from exporter.sources.values import count_field, text_field, time_field
-from exporter.state import MalformedResponse
+from exporter.sources.values import count_field, json_list, json_object, text_field, time_field
 
 log = logging.getLogger("exporter.cascade")
 
@@ -130,11 +129,7 @@ class _Reader:
     def rows_of(self, entry: Any, key: str) -> list[dict[str, Any]]:
         """`{key: {key: [rows]}}` -> its object rows, at most limits.max_rows of all."""
         inner = entry.get(key)
-        rows = inner.get(key) if isinstance(inner, dict) else None
-        if rows is None:
-            return []  # protobuf JSON leaves an empty list out
-        if not isinstance(rows, list):
-            raise MalformedResponse(f"{key} is not a list")
+        rows = json_list(inner, key) if isinstance(inner, dict) else []
         room = max(self.limits.max_rows - self.rows, 0)
         self.dropped += max(len(rows) - room, 0)
         kept = rows[:room]
@@ -169,13 +164,7 @@ class _Reader:
 def decode(document: Any, request: Request | None = None) -> Reply:
     """Top-level reply -> Reply. Each entry of queryResults is read by the one key it holds,
     whatever its place; an entry with none of the three is ignored, as are unknown fields."""
-    if not isinstance(document, dict):
-        raise MalformedResponse(f"expected a JSON object, got {type(document).__name__}")
-    results = document.get("queryResults")
-    if results is None:
-        results = []
-    if not isinstance(results, list):
-        raise MalformedResponse("queryResults is not a list")
+    results = json_list(json_object(document), "queryResults")
     reader = _Reader(request or Request(METHOD, {}, ""))
     lines: list[tuple[int, float, float]] = []
     runs: list[Run] = []

@@ -20,8 +20,7 @@ from typing import Any
 from exporter.config import Config
 from exporter.exposition import Family, number, utf8
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
-from exporter.sources.values import count_field
-from exporter.state import MalformedResponse
+from exporter.sources.values import count_field, json_object
 
 log = logging.getLogger("exporter.credits")
 
@@ -60,7 +59,7 @@ class CreditsReport:
 
 def decode_balance(document: Any) -> Values:
     """GetTeamCreditBalance's reply; an absent field is 0, as protobuf JSON leaves zeros out."""
-    found = _object(document)
+    found = json_object(document)
     values: dict[str, float | None] = {}
     bad = []
     for key, name in _BALANCE_FIELDS:
@@ -72,16 +71,10 @@ def decode_balance(document: Any) -> Values:
 
 def decode_usage_config(document: Any) -> Values:
     """GetUsageConfig's reply: the cap, None when there is none (absent, or 0)."""
-    found = _object(document)
+    found = json_object(document)
     key = next((k for k in _CAP_FIELDS if found.get(k) is not None), _CAP_FIELDS[0])
     cap, unusable = count_field(found.get(key), _MAX)
     return Values({"cap": cap or None}, (key,) if unusable else ())
-
-
-def _object(document: Any) -> Mapping[str, Any]:
-    if not isinstance(document, dict):
-        raise MalformedResponse(f"expected a JSON object, got {type(document).__name__}")
-    return document
 
 
 def _f(name: str, help_: str) -> Family:

@@ -29,8 +29,14 @@ from typing import Any
 from exporter.config import Config, Limits, Window
 from exporter.exposition import Ages, Family, labels, number, utf8
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
-from exporter.sources.values import bool_field, count_field, text_field, time_field
-from exporter.state import MalformedResponse
+from exporter.sources.values import (
+    bool_field,
+    count_field,
+    json_list,
+    json_object,
+    text_field,
+    time_field,
+)
 
 log = logging.getLogger("exporter.user_page")
 
@@ -185,13 +191,8 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
     Reads at most `limits.max_rows` rows, each value within bounds: an impossible one (see
     `_Reader`) is unknown and counted, so a hostile reply costs no more than a plain one.
     """
-    if not isinstance(document, dict):
-        raise MalformedResponse(f"expected a JSON object, got {type(document).__name__}")
-    rows = document.get("userTableStats")
-    if rows is None:
-        rows = []
-    if not isinstance(rows, list):
-        raise MalformedResponse("userTableStats is not a list")
+    document = json_object(document)
+    rows = json_list(document, "userTableStats")
     reader = _Reader(request or Request(METHOD, {}, ""))
     kept = rows[: reader.limits.max_rows]
     users = [u for u in map(reader.user, kept) if u is not None]

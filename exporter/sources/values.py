@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+from exporter.state import MalformedResponse
 
 # Unambiguous, so a match is linear: `[0-9]+\.?[0-9]*` backtracked quadratically over long digits.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -124,3 +127,21 @@ def text_field(value: Any) -> tuple[str, bool]:
     if value is None:
         return "", False
     return (value, False) if isinstance(value, str) else ("", True)
+
+
+def json_object(document: Any) -> Mapping[str, Any]:
+    """A reply's top level, a JSON object for every method; MalformedResponse otherwise."""
+    if not isinstance(document, dict):
+        raise MalformedResponse(f"expected a JSON object, got {type(document).__name__}")
+    return document
+
+
+def json_list(document: Mapping[str, Any], key: str) -> list[Any]:
+    """A repeated field: absent or null is empty (protobuf JSON leaves an empty list out);
+    MalformedResponse when it is not a list."""
+    value = document.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedResponse(f"{key} is not a list")
+    return value
