@@ -172,6 +172,9 @@ def test_rows_without_a_usable_day_or_count_are_counted_not_summed() -> None:
     assert [r.messages for r in reply.runs] == [0]
     assert reply.skipped == 4
     assert reply.unparsable == {"day": 2, "messagesSent": 1}
+    found = CASCADE.report(CONFIG, "", [(request(), reply)])
+    text = samples(render_live({(CASCADE.name, ""): found}))
+    assert text[series("windsurf_exporter_cascade_unparsable_values", group="", field="day")] == 2
 
 
 def test_mode_loses_its_prefix_and_is_lower_cased() -> None:
@@ -301,6 +304,11 @@ def test_models_and_tools_beyond_the_limit_are_other_and_ids_and_days_never_labe
     }
     assert found.tools == (("T0", 10), ("T1", 9), ("other", 15))
     text = render_live({(CASCADE.name, "eng"): found}, config)
+    # 3 models and 2 tools went to other: counted, as the user table counts roles.
+    limited = series(
+        "windsurf_exporter_cascade_limited_values", group="eng", limit="max_label_values"
+    )
+    assert samples(text)[limited] == 5
     assert "id-" not in text
     assert "2024-10" not in text
 

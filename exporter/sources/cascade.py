@@ -85,6 +85,8 @@ class CascadeReport:
     tools: tuple[tuple[str, int], ...]  # over the longest window
     rows: int = 0
     skipped: int = 0
+    limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
+    unparsable: Mapping[str, int] = field(default_factory=dict)  # per field
 
 
 def mode_label(mode: str) -> str:
@@ -211,9 +213,9 @@ def _run(reader: _Reader, row: Mapping[str, Any], day: int) -> Run:
 
 def summarize(
     reply: Reply, windows: Sequence[tuple[str, int]], today: int, limits: Limits
-) -> tuple[CascadeReport, int]:
-    """A reply summed per window (label, days); and how many distinct models, modes and
-    tools went to `other` (limits.max_label_values, ranked by messages and calls)."""
+) -> CascadeReport:
+    """A reply summed per window (label, days); distinct models, modes and tools beyond
+    limits.max_label_values (ranked by messages and calls) are `other`, and counted."""
     most = limits.max_label_values
     by_messages: Counter[str] = Counter()
     modes: Counter[str] = Counter()
@@ -238,15 +240,16 @@ def summarize(
             total[1] += run.prompts / 100
         usage.extend((label, m, o, n, c) for (m, o), (n, c) in sorted(per.items()))
         conversations.append((label, len({r.cascade_id for r in runs if r.cascade_id})))
-    report = CascadeReport(
+    return CascadeReport(
         lines=tuple(lines),
         usage=tuple(usage),
         conversations=tuple(conversations),
         tools=tools,
         rows=reply.rows,
         skipped=reply.skipped,
+        limited={**reply.limited, "max_label_values": folded + folded_modes + folded_tools},
+        unparsable=dict(sorted(reply.unparsable.items())),
     )
-    return report, folded + folded_modes + folded_tools
 
 
 def _renamed(counts: Counter[str], most: int) -> tuple[dict[str, str], int]:
@@ -277,6 +280,17 @@ CREDITS = _pair(
 CONVERSATIONS = _pair("conversations", "Distinct Cascade conversations in the window")
 TOOLS = _pair("tool_calls", "Cascade tool calls over the longest window, by tool")
 _ALL = (SUGGESTED, ACCEPTED, MESSAGES, CREDITS, CONVERSATIONS, TOOLS)
+LIMITED = _f(
+    "windsurf_exporter_cascade_limited_values",
+    "Values of the last CascadeAnalytics poll for the group (empty: the whole team) cut to fit"
+    " limits.<limit>: rows left out (max_rows), strings shortened (max_label_length), models,"
+    " modes and tools counted as other (max_label_values).",
+)
+UNPARSABLE = _f(
+    "windsurf_exporter_cascade_unparsable_values",
+    "Values of the last CascadeAnalytics poll for the group (empty: the whole team) read as"
+    " unknown, by field: malformed, or impossible (negative, absurdly large, after the request).",
+)
 
 
 class Cascade:
@@ -285,7 +299,12 @@ class Cascade:
     name: str = "cascade"
     collector: str = "cascade"
     health: Health | None = None
-    families: tuple[Family, ...] = tuple(p[0] for p in _ALL) + tuple(p[1] for p in _ALL)
+    families: tuple[Family, ...] = (
+        *(p[0] for p in _ALL),
+        *(p[1] for p in _ALL),
+        LIMITED,
+        UNPARSABLE,
+    )
 
     def targets(self, config: Config) -> tuple[str, ...]:
         if not config.collector(self.collector).enabled:
@@ -312,8 +331,8 @@ class Cascade:
         ((request, reply),) = replies
         today = int((request.asked_at or 0.0) // _DAY)
         windows = [(w.label, window_days(w.seconds)) for w in config.windows]
-        report, folded = summarize(reply, windows, today, config.limits)
-        _log_losses(target, reply, folded)
+        report = summarize(reply, windows, today, config.limits)
+        _log_losses(target, report)
         return report
 
     def render(self, config: Config, live: Live, parts: Parts) -> Rendered:
@@ -322,6 +341,7 @@ class Cascade:
             if source == self.name and isinstance(report, CascadeReport):
                 team = config.team and not target
                 _lines(out, report, 1 if team else 0, [] if team else [("group", target)])
+                _losses(out, report, target)
         return Rendered(static={f: utf8("".join(ls)) for f, ls in out.items()})
 
 
@@ -352,13 +372,24 @@ def _lines(
         add(TOOLS, [("tool", tool)], calls)
 
 
-def _log_losses(target: str, reply: Reply, folded: int) -> None:
+def _losses(out: dict[Family, list[str]], report: CascadeReport, target: str) -> None:
+    """What reading the report's reply cut or could not use, labelled by its target."""
+    for family, label, counts in (
+        (LIMITED, "limit", report.limited),
+        (UNPARSABLE, "field", report.unparsable),
+    ):
+        out.setdefault(family, []).extend(
+            f"{family.name}{labels([('group', target), (label, key)])} {count}\n"
+            for key, count in counts.items()
+        )
+
+
+def _log_losses(target: str, report: CascadeReport) -> None:
     """One warning per poll that cut or could not use values."""
-    cut = {**reply.limited, "max_label_values": folded}
-    losses = [f"{n} over limits.{k}" for k, n in cut.items() if n]
-    losses += [f"{k} {n} unusable" for k, n in reply.unparsable.items()]
-    if reply.skipped:
-        losses.append(f"{reply.skipped} rows without a usable day skipped")
+    losses = [f"{n} over limits.{k}" for k, n in report.limited.items() if n]
+    losses += [f"{k} {n} unusable" for k, n in report.unparsable.items()]
+    if report.skipped:
+        losses.append(f"{report.skipped} rows without a usable day skipped")
     if losses:
         log.warning(
             "CascadeAnalytics reply read with losses: %s",
