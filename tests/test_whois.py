@@ -84,6 +84,6 @@ def test_a_bad_config_names_the_key_path_and_exits_2(
     write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config({"labels": {"user": "pseudonym"}})
-    code, out, err = whois(config, "x", capsys)
+    code, _, err = whois(config, "x", capsys)
     assert code == 2
     assert "labels.user" in err
