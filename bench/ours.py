@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from exporter import cli
-from exporter.api import Client, Clocks
+from exporter.api import Client, Clocks, KeyLimit
 from exporter.config import Config
 from exporter.poller import Poller, Published, log_published
 from exporter.sources import Request
@@ -51,8 +51,10 @@ class TimedClient(Client):
         return record
 
 
-def timed_client(config: Config, clocks: Clocks) -> Client:
-    return TimedClient(config.api, clocks=clocks, max_connections=config.poll.concurrency)
+def timed_client(config: Config, clocks: Clocks, limit: KeyLimit) -> Client:
+    return TimedClient(
+        config.api, clocks=clocks, max_connections=config.poll.concurrency, limit=limit
+    )
 
 
 def report(published: Published) -> None:

@@ -1,6 +1,8 @@
 """One call of any v1 method: request, deadline, size limit, retries, Retry-After, the upstream's
 `error` field, and the few reasons a call can fail, each with a message that is safe to log.
-The transport knows no endpoint: the caller's `parse` turns the JSON into its record."""
+Every request passes the key's shared rate-limit state (`KeyLimit`): one budget and one
+Retry-After wait per service key, whichever target or source asks. The transport knows no
+endpoint: the caller's `parse` turns the JSON into its record."""
 
 from __future__ import annotations
 
@@ -45,12 +47,21 @@ _RETRYABLE = {Reason.RATE_LIMITED, Reason.SERVER_ERROR, Reason.TIMEOUT, Reason.C
 
 
 class ApiError(Exception):
-    """A failed call; `str()` is one safe line, `retry_after` the wait the upstream asked for."""
+    """A failed call; `str()` is one safe line, `retry_after` the wait the upstream asked for.
+    `key_wait`: the failure is the key's rate limit (a 429, a 503 with Retry-After, or a request
+    not sent because the key is waiting), which holds every request with the key."""
 
-    def __init__(self, reason: Reason, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        retry_after: float | None = None,
+        key_wait: bool = False,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
+        self.key_wait = key_wait
 
     def __repr__(self) -> str:
         return f"ApiError({self.reason.value!r}, {str(self)!r})"
@@ -69,6 +80,106 @@ class Clocks:
     wall: Callable[[], float] = time.time
     wait: Callable[[float], bool] = threading.Event().wait
     random: Callable[[], float] = random.random
+    # Clock seconds per real second: a test clock may run faster than time itself, so that
+    # minutes of budget pass in seconds; waits on real events divide by it.
+    rate: float = 1.0
+
+
+_WINDOW = 60.0  # the budget's window: api.max_requests_per_minute
+# How often a request waiting for the budget looks again while the budget is held by requests
+# still running (whose end, which frees their place, is not known in advance).
+_RECHECK = 0.05
+
+
+@dataclass
+class _Sent:
+    """One request the key sent: it holds its place in the window until 60 s after its end
+    (inf while it runs), since the upstream may count it any time between send and reply."""
+
+    ended: float = math.inf
+
+
+class KeyLimit:
+    """The key's shared rate-limit state: one per service key, shared by every client, target
+    and source using it. A 429 (or a 503 with Retry-After) on any request pauses them all; the
+    budget spreads them so that no 60 s window holds more than `max_requests_per_minute`
+    requests, and consecutive ones are 60/budget s apart, so no 1 s window holds more than a
+    second's share plus one."""
+
+    def __init__(
+        self, clocks: Clocks | None = None, on_pause: Callable[[float], None] = lambda until: None
+    ) -> None:
+        self._clocks = clocks or Clocks()
+        self._on_pause = on_pause  # hears the wall time a new wait ends
+        self._lock = threading.Lock()
+        self._paused_until = -math.inf  # monotonic
+        self._last = -math.inf  # monotonic time of the last request let through
+        self._sent: list[_Sent] = []
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request with the key for `seconds` from now (a longer wait wins)."""
+        clocks = self._clocks
+        with self._lock:
+            until = clocks.monotonic() + seconds
+            longer = until > self._paused_until
+            if longer:
+                self._paused_until = until
+        if longer:
+            self._on_pause(clocks.wall() + seconds)
+
+    def admit(
+        self, budget: int | None, latest: float = math.inf, max_pause: float = math.inf
+    ) -> _Sent | None:
+        """Wait for the key's turn and take it; None when the turn comes after `latest`
+        (monotonic). A rate-limit wait longer than `max_pause` is not waited out: the request
+        is not sent, and fails as rate_limited with the wait as its Retry-After.
+        Raises Stopped when a shutdown interrupts the wait."""
+        clocks = self._clocks
+        while True:
+            with self._lock:
+                now = clocks.monotonic()
+                paused = self._paused_until - now
+                if paused > max_pause:
+                    raise ApiError(
+                        Reason.RATE_LIMITED,
+                        "not asked: every request with this service key waits out the API's"
+                        f" rate limit for {paused:.1f}s more",
+                        paused,
+                        key_wait=True,
+                    )
+                turn = self._turn(now, budget)
+                if turn is not None and turn <= now:
+                    sent = _Sent()
+                    self._last = now
+                    if budget is not None:
+                        self._sent.append(sent)
+                    return sent
+            if (turn if turn is not None else now) > latest:
+                return None
+            if clocks.wait(_RECHECK if turn is None else turn - now):
+                raise Stopped
+
+    def _turn(self, now: float, budget: int | None) -> float | None:
+        """The earliest time the next request may go; None while requests still running hold
+        the whole budget."""
+        turn = max(now, self._paused_until)
+        if budget is None:
+            return turn
+        self._sent = [s for s in self._sent if s.ended >= now - _WINDOW]
+        turn = max(turn, self._last + _WINDOW / budget)
+        excess = len(self._sent) - budget
+        if excess >= 0:
+            # The window may hold budget - 1 others: wait until enough of them age out.
+            freed = sorted(s.ended for s in self._sent)[excess]
+            if freed == math.inf:
+                return None
+            turn = max(turn, freed + _WINDOW + 1e-3)
+        return turn
+
+    def done(self, sent: _Sent) -> None:
+        """The request's reply is in (or it failed): its place in the window starts ageing."""
+        with self._lock:
+            sent.ended = self._clocks.monotonic()
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -97,9 +208,13 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         clocks: Clocks | None = None,
         max_connections: int = 4,
+        limit: KeyLimit | None = None,
     ) -> None:
         self._api = api
         self._clocks = clocks or Clocks()
+        # Shared with every other client of the same key (the poller hands it over); a client
+        # made alone has the key to itself.
+        self.limit = limit or KeyLimit(self._clocks)
         self._http = httpx.Client(
             transport=transport,
             headers={"User-Agent": f"windsurf-exporter/{__version__}"},
@@ -123,9 +238,18 @@ class Client:
         """One reply, parsed, retrying what is worth retrying while the deadline allows.
         `parse` raises MalformedResponse for a reply of the wrong shape.
 
+        The first attempt queues for the key's budget as long as it takes, and the deadline
+        (`api.timeout`, retries included) starts when it is sent; a retry must get its turn
+        within the deadline. A key waiting out a rate limit longer than `api.timeout` is not
+        asked at all: the call fails with rate_limited and the wait as its Retry-After.
+
         Raises ApiError with the last failure, or Stopped when a shutdown interrupts a wait.
         """
         clocks = self._clocks
+        budget = self._api.max_requests_per_minute
+        first = self.limit.admit(budget, max_pause=self._api.timeout)
+        assert first is not None  # with no `latest`, it waits for its turn however long
+        sent = first
         deadline = clocks.monotonic() + self._api.timeout
         body = {"service_key": self._api.service_key.reveal(), **request.body}
         attempt = 0
@@ -133,9 +257,12 @@ class Client:
             try:
                 record = self._attempt(request.method, body, parse, deadline)
             except ApiError as err:
+                self.limit.done(sent)
                 on_attempt(err.reason.value)
-                delay = self._retry_delay(err, attempt, deadline)
-                if delay is None:
+                delay = self._wait_after(err, attempt)
+                if err.key_wait:
+                    self.limit.pause(delay)
+                if not self._worth_retrying(err, attempt, delay, deadline):
                     raise
                 log.debug(
                     "retrying",
@@ -147,23 +274,30 @@ class Client:
                 )
                 if clocks.wait(delay):
                     raise Stopped from None
-                attempt += 1
+                retry = self.limit.admit(budget, latest=deadline - 0.05)
+                if retry is None:
+                    raise  # no turn for a retry inside the deadline
+                sent, attempt = retry, attempt + 1
                 continue
+            except BaseException:
+                self.limit.done(sent)
+                raise
+            self.limit.done(sent)
             on_attempt(SUCCESS)
             return record
 
-    def _retry_delay(self, err: ApiError, attempt: int, deadline: float) -> float | None:
-        if err.reason not in _RETRYABLE or attempt >= self._api.retries:
-            return None
+    def _wait_after(self, err: ApiError, attempt: int) -> float:
+        """What the upstream asked (Retry-After), else exponential backoff with jitter."""
         if err.retry_after is not None:
-            delay = err.retry_after
-        else:
-            step = min(_BACKOFF_CAP, self._api.retry_backoff * 2**attempt)
-            delay = step * (0.5 + self._clocks.random() / 2)
+            return err.retry_after
+        step = min(_BACKOFF_CAP, self._api.retry_backoff * 2.0**attempt)
+        return step * (0.5 + self._clocks.random() / 2)
+
+    def _worth_retrying(self, err: ApiError, attempt: int, delay: float, deadline: float) -> bool:
+        if err.reason not in _RETRYABLE or attempt >= self._api.retries:
+            return False
         # Only retry when the wait leaves time for another attempt inside the deadline.
-        if self._clocks.monotonic() + delay >= deadline - 0.05:
-            return None
-        return delay
+        return self._clocks.monotonic() + delay < deadline - 0.05
 
     def _attempt(
         self, method: str, body: dict[str, str], parse: Callable[[Any], T], deadline: float
@@ -258,9 +392,13 @@ class Client:
             return ApiError(Reason.NOT_FOUND, f"HTTP 404, group not found{said}")
         retry_after = parse_retry_after(response.headers.get("retry-after"), self._clocks.wall())
         if status == 429:
-            return ApiError(Reason.RATE_LIMITED, f"HTTP 429, rate limited{said}", retry_after)
+            return ApiError(
+                Reason.RATE_LIMITED, f"HTTP 429, rate limited{said}", retry_after, key_wait=True
+            )
         if status >= 500:
-            return ApiError(Reason.SERVER_ERROR, f"HTTP {status}{said}", retry_after)
+            # A 503 that says when to come back is the key's limit too.
+            key_wait = status == 503 and retry_after is not None
+            return ApiError(Reason.SERVER_ERROR, f"HTTP {status}{said}", retry_after, key_wait)
         return ApiError(Reason.HTTP_ERROR, f"HTTP {status}{said}")
 
     def _clean(self, text: str) -> str:

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from exporter import __version__
 from exporter.api import Clocks
-from exporter.collector import Collector, ReloadCollector, ReloadStatus
+from exporter.collector import Collector, ReloadCollector, ReloadStatus, poll_requests
 from exporter.config import (
     Config,
     ConfigError,
@@ -216,7 +216,7 @@ def demo_config(url: str, base: Config | None = None) -> Config:
 
 def _announce(message: str, config: Config, **fields: Any) -> None:
     """Log a config coming into force: its warnings, then one line with it, secrets redacted."""
-    for warning in config.warnings():
+    for warning in config.warnings(poll_requests(config)):
         log.warning(warning)
     log.info(message, extra={**fields, "config": to_yaml(config.redacted(), one_line=True)})
 
@@ -459,7 +459,7 @@ def _check_config(args: argparse.Namespace) -> str:
     else:
         config = load_config(path, require_key=not args.demo)
         found = f"{path} is valid"
-    for warning in config.warnings():
+    for warning in config.warnings(poll_requests(config)):
         print(f"WARNING: {warning}")
     return f"{found} ({len(config.groups)} group(s), {len(config.windows)} window(s))"
 

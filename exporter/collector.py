@@ -42,6 +42,12 @@ def _f(name: str, help_: str, type_: str = "gauge") -> Family:
 BUILD = _f(
     "windsurf_exporter_build_info", "Version of windsurf-exporter; value is always 1.", "info"
 )
+# The key's, not a target's: computed at scrape time, since a wait ends without a new poll.
+RATE_LIMITED_UNTIL = _f(
+    "windsurf_exporter_rate_limited_until_timestamp_seconds",
+    "Unix time the service key's rate-limit wait (Retry-After of a 429 or 503) ends; every"
+    " request waits until then. 0 when not limited.",
+)
 POLL_REQUESTS = _f(
     "windsurf_exporter_poll_requests",
     "Requests one poll of every group, and of the team, makes under the running config;"
@@ -86,8 +92,8 @@ class ReloadCollector:
 @functools.cache
 def health_families(health: Health) -> tuple[Family, ...]:
     """A source's health families, always exported, even for a target whose data is stale:
-    up, last success, last poll, its duration, polls, errors by reason, requests by outcome,
-    skipped rows."""
+    up, last success, last poll, its duration, polls, overruns, errors by reason, requests by
+    outcome, skipped rows."""
     x, p = health.subject, health.prefix
     return (
         _f(
@@ -107,6 +113,12 @@ def health_families(health: Health) -> tuple[Family, ...]:
             f"Seconds the {x}'s last poll took, retries included.",
         ),
         _f(f"windsurf_exporter_{p}polls_total", f"Polls of the {x}, successful or not.", "counter"),
+        _f(
+            f"windsurf_exporter_{p}poll_overruns_total",
+            f"Polls of the {x} that took longer than poll.interval, queueing for the request"
+            " budget included.",
+            "counter",
+        ),
         _f(
             f"windsurf_exporter_{p}poll_errors_total",
             f"Failed polls of the {x} by reason.",
@@ -128,7 +140,9 @@ def _health(state: SourceState) -> list[str]:
     """A target's health lines, one per health family (maybe empty); none before its first
     poll, since unknown is not down."""
     health = _BY_NAME[state.source].health
-    up, success, last, duration, polls, errors, requests, skipped = health_families(health)
+    up, success, last, duration, polls, overruns, errors, requests, skipped = health_families(
+        health
+    )
     if not state.polls:
         return []
     target = [(health.label, state.name)] if health.label else []
@@ -143,6 +157,7 @@ def _health(state: SourceState) -> list[str]:
         line(last, number(state.last_attempt)) if state.last_attempt is not None else "",
         line(duration, f"{state.last_duration:.6f}") if state.last_duration is not None else "",
         line(polls, state.polls),
+        line(overruns, state.overruns),
         _counter(errors, target, "reason", REASONS, state.errors),
         _counter(requests, target, "outcome", OUTCOMES, state.requests),
         line(skipped, state.report.skipped) if state.report is not None else "",
@@ -160,6 +175,12 @@ def _counter(
     return "".join(
         f"{family.name}{labels([*target, (label, key)])} {counts.get(key, 0)}\n" for key in keys
     )
+
+
+def _rate_limited(snapshot: Snapshot, now: float, openmetrics: bool) -> str:
+    until = snapshot.rate_limited_until
+    value = number(until) if until > now else "0"
+    return f"{RATE_LIMITED_UNTIL.header(openmetrics)}{RATE_LIMITED_UNTIL.name} {value}\n"
 
 
 def poll_requests(config: Config) -> int:
@@ -222,7 +243,10 @@ class Collector:
         )
         rendered = [self._render_source(source, config, reports) for source in SOURCES]
         static = self._static_part(snapshot, live, rendered, openmetrics)
-        dynamic = utf8(self._dynamic_part(rendered, now, openmetrics))
+        dynamic = utf8(
+            _rate_limited(snapshot, now, openmetrics)
+            + self._dynamic_part(rendered, now, openmetrics)
+        )
         return static.body.body(dynamic, gzip)
 
     def _render_source(

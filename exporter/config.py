@@ -145,6 +145,8 @@ class ApiConfig:
     max_response_bytes: int = 64 * 1024**2
     retries: int = 3
     retry_backoff: float = 1.0
+    # Requests per minute the key may send, all targets and sources together; None: no limit.
+    max_requests_per_minute: int | None = None
 
 
 @dataclass(frozen=True)
@@ -195,13 +197,14 @@ class Config:
     # Poll the whole team too: exact team numbers, people in no configured group.
     team: bool = True
 
-    def warnings(self) -> list[str]:
-        """Legal settings an operator should still hear about."""
+    def warnings(self, requests_per_poll: int) -> list[str]:
+        """Legal settings an operator should still hear about; `requests_per_poll` is what the
+        sources plan for one poll of every target (config cannot know the sources)."""
         found = []
         if self.poll.interval < RATE_LIMIT_WARN_INTERVAL:
-            requests = len(self.groups) * len(self.windows)
             found.append(
-                f"poll.interval: {format_duration(self.poll.interval)} makes {requests} request(s)"
+                f"poll.interval: {format_duration(self.poll.interval)} makes {requests_per_poll}"
+                " request(s)"
                 f" every {format_duration(self.poll.interval)}; the data changes every few hours"
                 " and short intervals may trip the API's rate limit"
             )
@@ -228,6 +231,7 @@ class Config:
             "max_response_size": _size_text(self.api.max_response_bytes),
             "retries": self.api.retries,
             "retry_backoff": _duration_text(self.api.retry_backoff),
+            "max_requests_per_minute": self.api.max_requests_per_minute,
         }
         labels = {"user": self.labels.user, "hash_salt_file": self.labels.hash_salt_file}
         return {
@@ -287,6 +291,7 @@ CONFIG_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
             "max_response_size",
             "retries",
             "retry_backoff",
+            "max_requests_per_minute",
         ),
         "poll": ("interval", "max_staleness", "concurrency"),
         "labels": ("user", "hash_salt_file"),
@@ -606,6 +611,14 @@ def _api(
         ),
         retries=reader.integer(raw, "retries", "api.retries", 3, 0),
         retry_backoff=reader.duration(raw, "retry_backoff", "api.retry_backoff", 1.0),
+        max_requests_per_minute=reader.typed(
+            raw,
+            "max_requests_per_minute",
+            "api.max_requests_per_minute",
+            None,
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+            "must be a whole number of at least 1 (leave it out for no limit)",
+        ),
     )
 
 

@@ -1,5 +1,7 @@
 """When to ask the API: one schedule per target of each source, bounded concurrency, last-good
-data, reloads. The state change is one pure function, `next_state`; the threads only drive it."""
+data, reloads, and one rate-limit state per service key shared by all of them (polls queue
+behind its budget; a poll that overruns its interval says so). The state change is one pure
+function, `next_state`; the threads only drive it."""
 
 from __future__ import annotations
 
@@ -11,14 +13,15 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from exporter.api import ApiError, Client, Clocks, Stopped
-from exporter.config import ApiConfig, Config, format_duration
+from exporter.api import ApiError, Client, Clocks, KeyLimit, Stopped
+from exporter.config import ApiConfig, Config, Secret, format_duration
 from exporter.sources import SOURCES, Source
 from exporter.state import Reason, Report, Snapshot, SourceState, is_live
 
 log = logging.getLogger("exporter.poller")
 
-ClientFactory = Callable[[Config, Clocks], Client]
+# A client for the config's API settings, sending through the key's shared rate-limit state.
+ClientFactory = Callable[[Config, Clocks, KeyLimit], Client]
 Key = tuple[str, str]  # (source, target)
 # What a poll of a target asks: the API settings and what its source's requests depend on.
 Ask = tuple[ApiConfig, Hashable]
@@ -44,12 +47,19 @@ class Reloaded:
 
 
 @dataclass(frozen=True)
+class RateLimited:
+    """The service key began a rate-limit wait that ends at wall time `until`."""
+
+    until: float
+
+
+@dataclass(frozen=True)
 class PollResult:
     """One finished poll of one target: one value, whatever its outcome."""
 
     key: Key
     ask: Ask  # what it asked; it counts only while the config still asks the same
-    started: float  # monotonic
+    started: float  # monotonic, when it was due (queueing for a slot or the budget included)
     finished: float  # monotonic
     attempted_at: float  # wall time the poll started
     outcomes: tuple[str, ...] = ()  # one per request attempt
@@ -65,11 +75,22 @@ def asks(config: Config) -> dict[Key, Ask]:
     }
 
 
-def next_state(old: PollState, result: PollResult | Reloaded, config: Config) -> PollState:
-    """The state after a poll result or a reload to `config`; returns `old` itself when a
-    result no longer answers what the config asks (a reload changed it under the poll)."""
+def overran(result: PollResult, interval: float) -> bool:
+    """Whether the poll took longer than its interval: the next one was due before it ended."""
+    return result.finished - result.started > interval
+
+
+def next_state(
+    old: PollState, result: PollResult | Reloaded | RateLimited, config: Config
+) -> PollState:
+    """The state after a poll result, a reload to `config` or a rate-limit wait; returns `old`
+    itself when a result no longer answers what the config asks (a reload changed it under
+    the poll)."""
     if isinstance(result, Reloaded):
         return _reloaded(old, result.now, config)
+    if isinstance(result, RateLimited):
+        until = max(old.snapshot.rate_limited_until, result.until)
+        return replace(old, snapshot=replace(old.snapshot, rate_limited_until=until))
     if old.asks.get(result.key) != result.ask:
         return old
     interval = config.poll.interval
@@ -78,10 +99,12 @@ def next_state(old: PollState, result: PollResult | Reloaded, config: Config) ->
     if failure is not None and failure.retry_after is not None:
         # Counted from the reply, not from the poll's start: the wait began with the reply.
         due = max(due, result.finished + failure.retry_after)
-    states = tuple(_polled(s, result) if s.key == result.key else s for s in old.snapshot.states)
+    states = tuple(
+        _polled(s, result, interval) if s.key == result.key else s for s in old.snapshot.states
+    )
     return replace(
         old,
-        snapshot=Snapshot(states=states, config=config),
+        snapshot=replace(old.snapshot, states=states, config=config),
         due={**old.due, result.key: due},
     )
 
@@ -91,22 +114,27 @@ def _reloaded(old: PollState, now: float, config: Config) -> PollState:
     is due at once when it asks something else (a new key, URL, timeout, windows) or is new."""
     previous = {s.key: s for s in old.snapshot.states}
     new = asks(config)
+    # Another key has waited for nothing yet.
+    same_key = old.snapshot.config.api.service_key == config.api.service_key
     return PollState(
         snapshot=Snapshot(
-            states=tuple(previous.get(k, SourceState(*k)) for k in new), config=config
+            states=tuple(previous.get(k, SourceState(*k)) for k in new),
+            config=config,
+            rate_limited_until=old.snapshot.rate_limited_until if same_key else 0.0,
         ),
         due={k: old.due[k] if old.asks.get(k) == ask else now for k, ask in new.items()},
         asks=new,
     )
 
 
-def _polled(old: SourceState, result: PollResult) -> SourceState:
+def _polled(old: SourceState, result: PollResult, interval: float) -> SourceState:
     requests = old.requests
     for outcome in result.outcomes:
         requests = _bump(requests, outcome)
     state = replace(
         old,
         polls=old.polls + 1,
+        overruns=old.overruns + overran(result, interval),
         requests=requests,
         last_attempt=result.attempted_at,
         last_duration=result.finished - result.started,
@@ -143,13 +171,19 @@ class Published:
     after: SourceState
     next_in: float  # seconds until the target's next poll
     config: Config
+    # Its failure is the key's rate-limit wait that another poll's line already reported.
+    quiet: bool = False
 
 
 def log_published(published: Published) -> None:
-    """One log line per poll: a warning with what is kept when it failed, info on recovery."""
+    """One log line per poll: a warning with what is kept when it failed, info on recovery;
+    one more when it overran its interval. A rate-limit wait is reported once, not per group."""
     old, new, failure = published.before, published.after, published.result.failure
     fields = {"group": new.name or "(whole team)"}
-    if failure is not None:
+    _log_overrun(published, fields)
+    if failure is not None and published.quiet:
+        log.debug("poll failed: %s", failure, extra={**fields, "reason": failure.reason.value})
+    elif failure is not None:
         if new.report is None:
             kept = "no data yet"
         elif not is_live(new, published.result.attempted_at, published.config.poll.max_staleness):
@@ -177,6 +211,26 @@ def log_published(published: Published) -> None:
         )
 
 
+def _log_overrun(published: Published, fields: Mapping[str, str]) -> None:
+    result, config = published.result, published.config
+    if not overran(result, config.poll.interval):
+        return
+    budget = config.api.max_requests_per_minute
+    advice = (
+        f"at api.max_requests_per_minute: {budget} the key cannot send its requests in time;"
+        " lengthen poll.interval or raise the budget"
+        if budget
+        else "the API answers too slowly for it; lengthen poll.interval"
+    )
+    log.warning(
+        "poll took %s, longer than poll.interval %s: %s",
+        f"{result.finished - result.started:.2f}s",
+        format_duration(config.poll.interval),
+        advice,
+        extra=fields,
+    )
+
+
 class Poller:
     """Polls every target of every source on its own schedule and publishes Snapshots.
 
@@ -186,8 +240,8 @@ class Poller:
     def __init__(
         self,
         config: Config,
-        client_factory: ClientFactory = lambda config, clocks: Client(
-            config.api, clocks=clocks, max_connections=config.poll.concurrency
+        client_factory: ClientFactory = lambda config, clocks, limit: Client(
+            config.api, clocks=clocks, max_connections=config.poll.concurrency, limit=limit
         ),
         clocks: Clocks | None = None,
         jitter: Callable[[float], float] | None = None,
@@ -197,7 +251,7 @@ class Poller:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         base = clocks or Clocks()
-        self._clocks = replace(base, wait=self._stop.wait)
+        self._clocks = replace(base, wait=lambda seconds: self._stop.wait(seconds / base.rate))
         self._client_factory = client_factory
         self._jitter = jitter or (lambda interval: min(interval * 0.05, 10.0) * base.random())
         self._on_published = on_published
@@ -211,6 +265,10 @@ class Poller:
         self._users: Counter[ClientKey] = Counter()
         self._current: ClientKey | None = None
         self._slots = threading.Semaphore(config.poll.concurrency)
+        # One rate-limit state per service key, whichever client (API settings) sends with it.
+        self._limits: dict[Secret, KeyLimit] = {}
+        # Monotonic end of the last rate-limit wait a log line reported.
+        self._reported_until = -1.0
         self._apply(config)
 
     @property
@@ -242,7 +300,9 @@ class Poller:
         with self._lock:
             key = (config.api, config.poll.concurrency)
             if key not in self._clients:
-                self._clients[key] = self._client_factory(config, self._clocks)
+                self._clients[key] = self._client_factory(
+                    config, self._clocks, self._limit(config.api.service_key)
+                )
             if self._current is not None and config.poll.concurrency != self._current[1]:
                 self._slots = threading.Semaphore(config.poll.concurrency)
             retired, self._current = self._current, key
@@ -250,6 +310,17 @@ class Poller:
                 self._release(retired)
             now = self._clocks.monotonic()
             self._publish(next_state(self._state, Reloaded(now), config))
+
+    def _limit(self, key: Secret) -> KeyLimit:
+        """The key's shared rate-limit state (under the lock)."""
+        if key not in self._limits:
+            self._limits[key] = KeyLimit(self._clocks, on_pause=self._rate_limited)
+        return self._limits[key]
+
+    def _rate_limited(self, until: float) -> None:
+        with self._lock:
+            state = self._state
+            self._publish(next_state(state, RateLimited(until), state.snapshot.config))
 
     def _release(self, key: ClientKey) -> None:
         """Close a client no longer current once no poll uses it."""
@@ -275,7 +346,7 @@ class Poller:
                         self._start(key, state)
                 running = {k for k, _ in self._running}
                 waiting = [d for k, d in state.due.items() if k not in running]
-                timeout = max(0.0, min(waiting) - now) if waiting else None
+                timeout = max(0.0, min(waiting) - now) / self._clocks.rate if waiting else None
             self._wake.wait(timeout)
 
     def _start(self, key: Key, state: PollState) -> None:
@@ -300,19 +371,19 @@ class Poller:
         slots: threading.Semaphore,
     ) -> None:
         result = None
+        started = self._clocks.monotonic()
         try:
             with slots:
                 if not self._stop.is_set():
-                    result = self._ask(key, state, client)
+                    result = self._ask(key, state, client, started)
         finally:
             self._commit(key, state.asks[key], client_key, result)
 
-    def _ask(self, key: Key, state: PollState, client: Client) -> PollResult | None:
+    def _ask(self, key: Key, state: PollState, client: Client, started: float) -> PollResult | None:
         """One poll of a target, as one value; None when a shutdown cut it short."""
         source, target = _BY_NAME[key[0]], key[1]
         config = state.snapshot.config
         clocks = self._clocks
-        started = clocks.monotonic()
         attempted_at = clocks.wall()
         outcomes: list[str] = []
         report: Report | None = None
@@ -358,7 +429,21 @@ class Poller:
             if new is old:
                 return  # a reload changed what this poll asked; its result answers no one
             self._publish(new)
+            quiet = self._reported(result)
         before = next(s for s in old.snapshot.states if s.key == key)
         after = next(s for s in new.snapshot.states if s.key == key)
         next_in = max(new.due[key] - result.finished, 0.0)
-        self._on_published(Published(result, before, after, next_in, new.snapshot.config))
+        self._on_published(
+            Published(result, before, after, next_in, new.snapshot.config, quiet=quiet)
+        )
+
+    def _reported(self, result: PollResult) -> bool:
+        """Whether the result's failure is a rate-limit wait some line already reported (under
+        the lock); if it is a new one, it is now."""
+        failure = result.failure
+        if failure is None or not failure.key_wait or failure.retry_after is None:
+            return False
+        if result.finished < self._reported_until:
+            return True
+        self._reported_until = result.finished + failure.retry_after
+        return False

@@ -67,6 +67,7 @@ class SourceState:
     last_error: Reason | None = None
     last_error_message: str | None = None  # the failure's one redacted line, for the landing page
     polls: int = 0
+    overruns: int = 0  # polls that took longer than poll.interval (queued behind the budget)
     errors: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     requests: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
 
@@ -81,6 +82,8 @@ class Snapshot:
 
     states: tuple[SourceState, ...] = ()
     config: Config = field(default_factory=Config)
+    # Wall time the service key's latest rate-limit wait ends (0: never waited).
+    rate_limited_until: float = 0.0
 
 
 def is_live(state: SourceState, now: float, max_staleness: float) -> bool:

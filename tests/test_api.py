@@ -3,14 +3,16 @@ failure maps to a reason, and when it retries."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
 
-from exporter.api import ApiError, Client, Clocks, parse_retry_after
+from exporter.api import ApiError, Client, Clocks, KeyLimit, parse_retry_after
 from exporter.config import ApiConfig, Secret
 from exporter.sources.user_page import decode_page
 from exporter.state import Reason
@@ -235,3 +237,151 @@ def test_upstream_text_is_sanitized_before_it_reaches_a_message() -> None:
 )
 def test_retry_after_forms(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header, NOW) == seconds
+
+
+# --- The key's shared rate-limit state (KeyLimit): every client of one key passes it. ---
+
+
+def keyed_client(
+    limit: KeyLimit, time: FakeTime, answers: Callable[[httpx.Request], httpx.Response], **api: Any
+) -> Client:
+    config = ApiConfig(url="https://windsurf.test", service_key=Secret(KEY), **api)
+    return Client(config, transport=httpx.MockTransport(answers), clocks=time.clocks(), limit=limit)
+
+
+def test_a_429_on_one_client_holds_every_other_client_of_the_key_without_asking() -> None:
+    time = FakeTime()
+    paused: list[float] = []
+    limit = KeyLimit(time.clocks(), on_pause=paused.append)
+    asked: list[float] = []
+
+    def other(request: httpx.Request) -> httpx.Response:
+        asked.append(time.now)
+        return reply()
+
+    hit = keyed_client(limit, time, lambda r: reply(429, **{"Retry-After": "60"}), timeout=30.0)
+    with pytest.raises(ApiError) as caught:
+        hit.call(page_request("eng"), decode_page)
+    assert paused == [NOW + 60.0]  # the wall time the wait ends, for the exported metric
+    held = keyed_client(limit, time, other, timeout=30.0)
+    time.now += 20.0
+    with pytest.raises(ApiError) as refused:
+        held.call(page_request("ops"), decode_page)
+    assert (refused.value.reason, refused.value.retry_after) == (Reason.RATE_LIMITED, 40.0)
+    assert refused.value.key_wait
+    assert caught.value.key_wait
+    assert "not asked" in str(refused.value)
+    assert asked == []
+    time.now += 40.0
+    held.call(page_request("ops"), decode_page)
+    assert asked == [60.0]
+
+
+def test_a_wait_shorter_than_the_timeout_is_waited_out_not_failed() -> None:
+    time = FakeTime()
+    limit = KeyLimit(time.clocks())
+    limit.pause(10.0)
+    asked: list[float] = []
+    keyed_client(limit, time, lambda r: asked.append(time.now) or reply(), timeout=30.0).call(
+        page_request("ops"), decode_page
+    )
+    assert asked == [10.0]
+
+
+@pytest.mark.parametrize(
+    ("headers", "holds"), [({"Retry-After": "5"}, True), ({}, False)], ids=["after", "plain"]
+)
+def test_a_503_holds_the_key_only_when_it_says_when_to_come_back(
+    headers: dict[str, str], holds: bool
+) -> None:
+    time = FakeTime()
+    limit = KeyLimit(time.clocks())
+    with pytest.raises(ApiError) as caught:
+        keyed_client(limit, time, lambda r: reply(503, **headers), retries=0).call(
+            page_request("eng"), decode_page
+        )
+    assert caught.value.key_wait is holds
+    asked: list[float] = []
+    keyed_client(limit, time, lambda r: asked.append(time.now) or reply()).call(
+        page_request("ops"), decode_page
+    )
+    assert asked == [5.0 if holds else 0.0]
+
+
+def most_in_any_window(times: list[float], seconds: float) -> int:
+    """The most of `times` any closed window of `seconds` holds."""
+    ordered = sorted(times)
+    return max(
+        (sum(1 for t in ordered[i:] if t <= start + seconds) for i, start in enumerate(ordered)),
+        default=0,
+    )
+
+
+@pytest.mark.parametrize("budget", [1, 30, 60, 90, 600])
+def test_the_budget_holds_in_every_60_s_and_1_s_window(budget: int) -> None:
+    time = FakeTime()
+    limit = KeyLimit(time.clocks())
+    sent: list[float] = []
+    client = keyed_client(
+        limit, time, lambda r: sent.append(time.now) or reply(), max_requests_per_minute=budget
+    )
+    for _ in range(2 * budget + 5):
+        client.call(page_request("eng"), decode_page)
+    assert most_in_any_window(sent, 60.0) <= budget
+    assert most_in_any_window(sent, 1.0) <= budget // 60 + 1  # a second's share plus one
+    # Spread, not bursts: one request every 60/budget s, and no slower than that needs.
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) >= 60.0 / budget - 1e-9
+    assert sent[-1] <= (len(sent) / budget) * 60.0 + 1.0
+
+
+def test_a_request_still_running_holds_its_place_in_the_window() -> None:
+    # The upstream may count a request any time until it answers, so its place in the 60 s
+    # window is freed 60 s after its reply, not after its start.
+    time = FakeTime()
+    limit = KeyLimit(time.clocks())
+    slow = limit.admit(1)
+    assert slow is not None
+    time.now += 100.0  # the request takes 100 s
+    assert limit.admit(1, latest=time.now) is None
+    limit.done(slow)
+    ended = time.now
+    assert limit.admit(1, latest=ended + 59.0) is None
+    assert time.now == ended, "no turn inside `latest`: nothing is waited for"
+    assert limit.admit(1) is not None
+    assert time.now >= ended + 60.0
+
+
+def test_a_retry_that_gets_no_turn_within_the_deadline_gives_up() -> None:
+    time = FakeTime()
+    calls: list[float] = []
+    with pytest.raises(ApiError) as caught:
+        keyed_client(
+            KeyLimit(time.clocks()),
+            time,
+            lambda r: calls.append(time.now) or reply(500),
+            max_requests_per_minute=1,
+            timeout=30.0,
+        ).call(page_request("eng"), decode_page)
+    assert caught.value.reason is Reason.SERVER_ERROR
+    assert calls == [0.0]
+
+
+def test_the_first_request_queues_for_the_budget_and_its_deadline_starts_when_sent() -> None:
+    time = FakeTime()
+    limit = KeyLimit(time.clocks())
+    first = limit.admit(1)
+    assert first is not None
+    limit.done(first)
+    asked: list[float] = []
+    # The budget's next turn is a minute away, twice the timeout: the request waits, then
+    # still has its whole deadline for a retry.
+    answers = iter([reply(500), reply()])
+    keyed_client(
+        limit,
+        time,
+        lambda r: asked.append(time.now) or next(answers),
+        max_requests_per_minute=100,
+        timeout=30.0,
+    ).call(page_request("eng"), decode_page)
+    assert asked[0] >= 60.0 / 100

@@ -270,6 +270,7 @@ def test_a_group_never_polled_successfully_has_only_health_series() -> None:
         "windsurf_exporter_last_poll_timestamp_seconds",
         "windsurf_exporter_last_poll_duration_seconds",
         "windsurf_exporter_polls_total",
+        "windsurf_exporter_poll_overruns_total",
         "windsurf_exporter_poll_errors_total",
         "windsurf_exporter_api_requests_total",
     }

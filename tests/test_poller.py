@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from exporter.api import ApiError, Client, Clocks
+from exporter.api import ApiError, Client, Clocks, KeyLimit
 from exporter.config import ApiConfig, Config, LabelConfig, PollConfig, Secret, Window
 from exporter.demo import FakeWindsurf, Fault
 from exporter.poller import Poller, PollResult, PollState, Reloaded, next_state
@@ -184,8 +184,8 @@ def poller_for(fake_api: FakeWindsurf) -> Iterator[Callable[..., tuple[Poller, l
     def start(config: Config) -> tuple[Poller, list[Client]]:
         clients: list[Client] = []
 
-        def factory(config: Config, clocks: Clocks) -> Client:
-            clients.append(TrackedClient(config.api, clocks=clocks))
+        def factory(config: Config, clocks: Clocks, limit: KeyLimit) -> Client:
+            clients.append(TrackedClient(config.api, clocks=clocks, limit=limit))
             return clients[-1]
 
         poller = Poller(config, client_factory=factory, jitter=lambda interval: 0.0)

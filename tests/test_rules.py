@@ -24,6 +24,7 @@ KEEP_FIRING = {
     "WindsurfGroupIdleSeatsHigh",
     "WindsurfApiDown",
     "WindsurfDataStale",
+    "WindsurfUpstreamStale",
     "WindsurfCreditsAboveLastCycle",
     "WindsurfCreditsAboveThreshold",
     "WindsurfExporterConfigReloadFailed",

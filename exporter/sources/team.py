@@ -34,6 +34,10 @@ TEAM_BILLING_END = _f(
     "windsurf_team_billing_cycle_end_timestamp_seconds",
     "Unix time the team's billing cycle ends (billingCycleEnd).",
 )
+TEAM_UPDATED = _f(
+    "windsurf_team_data_updated_timestamp_seconds",
+    "Unix time the API last refreshed the team's numbers: the newest lastUpdateTime of its rows.",
+)
 TEAM_ACTIVE = _f("windsurf_team_active_users", "People with activeDays > 0 in the window.")
 TEAM_BILLABLE = _f(
     "windsurf_team_billable_users",
@@ -69,6 +73,7 @@ class Team(Replies):
         TEAM_USERS,
         TEAM_BILLING_START,
         TEAM_BILLING_END,
+        TEAM_UPDATED,
         TEAM_ACTIVE,
         TEAM_BILLABLE,
         TEAM_CREDITS,
@@ -105,6 +110,7 @@ def render_team(team: GroupReport, config: Config) -> Rendered:
         TEAM_USERS: [("", team.rows)],
         TEAM_BILLING_START: [] if team.billing_start is None else [("", team.billing_start)],
         TEAM_BILLING_END: [] if team.billing_end is None else [("", team.billing_end)],
+        TEAM_UPDATED: [] if team.updated is None else [("", team.updated)],
         TEAM_ACTIVE: [(labels([("window", w)]), n) for w, n in agg.active],
         TEAM_BILLABLE: [("", agg.billable)],
         TEAM_CREDITS: [("", agg.prompt_credits)],

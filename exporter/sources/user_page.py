@@ -97,6 +97,7 @@ class Page:
     no_email: int = 0
     limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
     unparsable: Mapping[str, int] = field(default_factory=dict)  # per field
+    updated: float | None = None  # the newest lastUpdateTime: when the API last refreshed
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,7 @@ class GroupReport:
     totals: Totals = field(default_factory=Totals)
     limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
     unparsable: Mapping[str, int] = field(default_factory=dict)  # per field
+    updated: float | None = None  # the newest lastUpdateTime: when the API last refreshed
 
 
 def request_body(group: str, start: float, end: float) -> dict[str, str]:
@@ -193,6 +195,8 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
     reader = _Reader(request or Request(METHOD, {}, ""))
     kept = rows[: reader.limits.max_rows]
     users = [u for u in map(reader.user, kept) if u is not None]
+    # When the API last refreshed these people's numbers (it does every few hours).
+    updates = [reader.time(row, "lastUpdateTime") for row in kept if isinstance(row, dict)]
     return Page(
         rows=tuple(u for u, _ in users),
         billing_start=reader.time(document, "billingCycleStart"),
@@ -202,6 +206,7 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
         no_email=len(kept) - len(users),
         limited={"max_rows": len(rows) - len(kept), "max_label_length": reader.cut},
         unparsable=dict(reader.unparsable),
+        updated=max((t for t in updates if t is not None), default=None),
     )
 
 
@@ -331,6 +336,7 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
         totals=agg,
         limited=dict(sorted(limited.items())),
         unparsable=dict(sorted(unparsable.items())),
+        updated=max((p.updated for _, p in pages if p.updated is not None), default=None),
     )
 
 
@@ -411,6 +417,11 @@ BILLING_START = _f(
 BILLING_END = _f(
     "windsurf_billing_cycle_end_timestamp_seconds",
     "Unix time the current billing cycle ends (billingCycleEnd)." + _CACHED,
+)
+GROUP_UPDATED = _f(
+    "windsurf_group_data_updated_timestamp_seconds",
+    "Unix time the API last refreshed the group's numbers: the newest lastUpdateTime of its"
+    " rows." + _CACHED,
 )
 GROUP_ACTIVE = _f(
     "windsurf_group_active_users", "Users with activeDays > 0 in the window." + _CACHED
@@ -502,6 +513,7 @@ class UserPage(Replies):
         GROUP_USERS,
         BILLING_START,
         BILLING_END,
+        GROUP_UPDATED,
         GROUP_ACTIVE,
         GROUP_BILLABLE,
         GROUP_CREDITS,
@@ -725,6 +737,8 @@ def _group_lines(
         add(BILLING_START, [g], report.billing_start)
     if report.billing_end is not None:
         add(BILLING_END, [g], report.billing_end)
+    if report.updated is not None:
+        add(GROUP_UPDATED, [g], report.updated)
     for window, count in active:
         add(GROUP_ACTIVE, [g, ("window", window)], count)
     agg = report.totals
