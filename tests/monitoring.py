@@ -121,11 +121,17 @@ def _free_port() -> int:
 
 
 def start_prometheus(
-    workdir: Path, targets: list[str], rules: Path = RULES, attempts: int = 3
+    workdir: Path,
+    targets: list[str],
+    rules: Path = RULES,
+    attempts: int = 3,
+    extra: Mapping[str, Any] | None = None,
+    flags: tuple[str, ...] = (),
 ) -> Prometheus:
     """Run Prometheus scraping `targets` (host:port) every second and evaluating `rules`
-    every second. It cannot bind port 0, so it gets a port just seen free, and another one if
-    that was taken in between."""
+    every second, with `extra` top-level config (e.g. `alerting`) and command-line `flags`.
+    It cannot bind port 0, so it gets a port just seen free, and another one if that was
+    taken in between."""
     binary = require_binary("prometheus")
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
@@ -141,6 +147,7 @@ def start_prometheus(
                 "scrape_configs": [
                     {"job_name": "windsurf", "static_configs": [{"targets": targets}]}
                 ],
+                **(extra or {}),
             }
         )
     )
@@ -155,6 +162,7 @@ def start_prometheus(
                     f"--storage.tsdb.path={workdir / 'data'}",
                     f"--web.listen-address=127.0.0.1:{port}",
                     "--log.level=warn",
+                    *flags,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
