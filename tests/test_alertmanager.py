@@ -510,3 +510,12 @@ def test_an_exporter_restart_resolves_nothing_and_notifies_nothing_again(
     for notification in scenario.after:
         labels = {json.dumps(a["labels"], sort_keys=True) for a in notification["alerts"]}
         assert labels - known, notification["groupLabels"]
+
+
+def test_every_annotation_template_expanded_without_error(scenario: Scenario) -> None:
+    log = scenario.prometheus.log.read_text()
+    assert "template" not in log.lower(), log
+    for notification in scenario.before:
+        for alert in notification["alerts"]:
+            for text in alert["annotations"].values():
+                assert text and "<no value>" not in text and "{{" not in text, alert["labels"]
