@@ -28,10 +28,11 @@ from tests.conftest import ROOT, wait_for
 from tests.monitoring import (
     RULES,
     Prometheus,
-    _free_port,
+    Server,
     promtool,
     require_binary,
     start_prometheus,
+    start_server,
 )
 
 ALERTMANAGER_CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
@@ -103,10 +104,8 @@ class Webhook:
         self.server.server_close()
 
 
-@dataclass
-class Alertmanager:
-    proc: subprocess.Popen[bytes]
-    url: str
+class Alertmanager(Server):
+    """A real Alertmanager started by a test."""
 
     def api(self, path: str) -> Any:
         return httpx.get(f"{self.url}/api/v2/{path}", timeout=10).json()
@@ -116,13 +115,8 @@ class Alertmanager:
         return sum(
             float(line.rpartition(" ")[2])
             for line in text.splitlines()
-            if line.startswith(name + " ") or line.startswith(name + "{")
+            if line.startswith((name + " ", name + "{"))
         )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 def alertmanager_config(webhook: Webhook) -> dict[str, Any]:
@@ -137,44 +131,25 @@ def alertmanager_config(webhook: Webhook) -> dict[str, Any]:
     return config
 
 
-def start_alertmanager(workdir: Path, config: dict[str, Any], attempts: int = 3) -> Alertmanager:
-    """Alertmanager alone (no cluster) on a port just seen free, another if that was taken."""
+def start_alertmanager(workdir: Path, config: dict[str, Any]) -> Alertmanager:
+    """Alertmanager alone (no cluster), with `config`."""
     binary = require_alertmanager()
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config))
-    for attempt in range(attempts):
-        port = _free_port()
-        log = workdir / f"alertmanager-{attempt}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={path}",
-                    f"--storage.path={workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--cluster.listen-address=",
-                    "--log.level=warn",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        manager = Alertmanager(proc, f"http://127.0.0.1:{port}")
-
-        def ready(manager: Alertmanager = manager) -> bool:
-            if manager.proc.poll() is not None:
-                return True
-            try:
-                return httpx.get(f"{manager.url}/-/ready", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=30, what="Alertmanager to be ready")
-        if proc.poll() is None:
-            return manager
-        if "address already in use" not in log.read_text():
-            raise AssertionError(f"alertmanager exited {proc.returncode}:\n{log.read_text()}")
-    raise AssertionError(f"alertmanager found no free port in {attempts} attempts")
+    proc, url, log = start_server(
+        "alertmanager",
+        workdir,
+        lambda port: [
+            binary,
+            f"--config.file={path}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+    )
+    return Alertmanager(proc, url, log)
 
 
 def shortened_rules(path: Path) -> Path:
@@ -518,4 +493,6 @@ def test_every_annotation_template_expanded_without_error(scenario: Scenario) ->
     for notification in scenario.before:
         for alert in notification["alerts"]:
             for text in alert["annotations"].values():
-                assert text and "<no value>" not in text and "{{" not in text, alert["labels"]
+                assert text, alert["labels"]
+                assert "<no value>" not in text, alert["labels"]
+                assert "{{" not in text, alert["labels"]
