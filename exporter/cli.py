@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="windsurf-exporter",
         description="Prometheus exporter for Windsurf (Codeium) seat usage and prompt credits.",
+        epilog="windsurf-exporter whois WHO [--config.file PATH]: the email and name behind a"
+        " user label (a hash mode pseudonym), or an email's label, asked of the API once.",
         allow_abbrev=False,  # `--config` must not pass for --config.file or --config.check
     )
     add = parser.add_argument
