@@ -87,3 +87,15 @@ def test_a_bad_config_names_the_key_path_and_exits_2(
     code, _, err = whois(config, "x", capsys)
     assert code == 2
     assert "labels.user" in err
+
+
+def test_in_name_mode_a_name_label_gives_the_email(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config({"api": {"url": fake_api.url, "retries": 0}, "labels": {"user": "name"}})
+    names = [m.name for m in fake_api.team]
+    member = next(m for m in fake_api.team if names.count(m.name) == 1)
+    code, out, _ = whois(config, member.name, capsys)
+    assert (code, out) == (0, f"{member.email} ({member.name})\n")
