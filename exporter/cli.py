@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from exporter import __version__
 from exporter.api import Clocks
-from exporter.collector import Collector
+from exporter.collector import Collector, ReloadCollector, ReloadStatus, poll_requests
 from exporter.config import (
     COLLECTOR_DEFAULTS,
     CollectorConfig,
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="windsurf-exporter",
         description="Prometheus exporter for Windsurf (Codeium) seat usage and prompt credits.",
+        epilog="windsurf-exporter whois WHO [--config.file PATH]: the email and name behind a"
+        " user label (a hash mode pseudonym), or an email's label, asked of the API once.",
         allow_abbrev=False,  # `--config` must not pass for --config.file or --config.check
     )
     add = parser.add_argument
@@ -221,7 +223,7 @@ def demo_config(url: str, base: Config | None = None) -> Config:
 
 def _announce(message: str, config: Config, **fields: Any) -> None:
     """Log a config coming into force: its warnings, then one line with it, secrets redacted."""
-    for warning in config.warnings():
+    for warning in config.warnings(poll_requests(config)):
         log.warning(warning)
     log.info(message, extra={**fields, "config": to_yaml(config.redacted(), one_line=True)})
 
@@ -250,9 +252,11 @@ class Exporter:
         except BaseException:
             self._stop_fake()
             raise
+        self.reload_status = ReloadStatus(successful=True, last_success=clock())
         registry = CollectorRegistry()
         for make in (ProcessCollector, PlatformCollector, GCCollector):
             make(registry=registry)
+        registry.register(ReloadCollector(lambda: self.reload_status))
         self.poller = Poller(self.config, clocks=Clocks(wall=clock))
         self.app = App(
             collector=Collector(registry),
@@ -316,8 +320,10 @@ class Exporter:
                     "; ".join(err.problems),
                     extra={"file": err.source},
                 )
+                self.reload_status = replace(self.reload_status, successful=False)
                 return False, f"reload failed, running config kept:\n{err}"
             self.config = config
+            self.reload_status = ReloadStatus(successful=True, last_success=self.clock())
             self.app.web = web
             self.poller.reconfigure(config)
             _announce("config reloaded", config)
@@ -337,6 +343,9 @@ class Exporter:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["whois"]:
+        return _whois(argv[1:])
     args = build_parser().parse_args(argv)
     holder: dict[str, Exporter] = {}
     setup_logging(
@@ -386,6 +395,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _whois(argv: Sequence[str]) -> int:
+    """`whois WHO`: the email and name behind a `user` label, or an email's label; 1 if nobody
+    in the team matches."""
+    from exporter.api import ApiError, Client  # noqa: PLC0415 (only for whois)
+    from exporter.whois import whois  # noqa: PLC0415 (only for whois)
+
+    parser = argparse.ArgumentParser(
+        prog="windsurf-exporter whois",
+        description="Ask the Windsurf API once who holds a `user` label (a hash mode pseudonym"
+        " or a name), or which label an email has; run it where the exporter runs, with its"
+        " config and key.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("who", help="a user label from an alert or a series, or an email")
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"the exporter's YAML config file (default {DEFAULT_CONFIG})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as err:
+        print(f"windsurf-exporter whois: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    secrets = [s for s in (config.api.service_key.reveal(),) if s]
+    setup_logging("warn", "logfmt", lambda: secrets)
+    client = Client(config.api)
+    try:
+        found = whois(config, args.who, client)
+    except ApiError as err:
+        print(f"windsurf-exporter whois: the Windsurf API failed: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        client.close()
+    if found is None:
+        print(f"no such person: {args.who}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(found)
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     """--config.check: validate the config and the web config, each reported, both at once."""
     ok = True
@@ -413,7 +466,7 @@ def _check_config(args: argparse.Namespace) -> str:
     else:
         config = load_config(path, require_key=not args.demo)
         found = f"{path} is valid"
-    for warning in config.warnings():
+    for warning in config.warnings(poll_requests(config)):
         print(f"WARNING: {warning}")
     return f"{found} ({len(config.groups)} group(s), {len(config.windows)} window(s))"
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 import platform
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_exposition
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as om_exposition
 
 from exporter import __version__
@@ -80,6 +81,39 @@ COLLECTOR_HEALTH = (
         "counter",
     ),
 )
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    """How the last config load went (the one at startup counts), and when one last worked."""
+
+    successful: bool
+    last_success: float
+
+
+class ReloadCollector:
+    """Prometheus' own reload pair, for the exporter, so an alert can see a failed reload:
+
+    windsurf_exporter_config_last_reload_successful 1
+    windsurf_exporter_config_last_reload_success_timestamp_seconds 1.7e9
+    """
+
+    def __init__(self, status: Callable[[], ReloadStatus]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        yield GaugeMetricFamily(
+            "windsurf_exporter_config_last_reload_successful",
+            "1 if the last load of the config (at startup, SIGHUP or POST /-/reload) worked,"
+            " else 0 (the running config is kept).",
+            value=float(status.successful),
+        )
+        yield GaugeMetricFamily(
+            "windsurf_exporter_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load that worked.",
+            value=status.last_success,
+        )
 
 
 @functools.cache

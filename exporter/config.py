@@ -225,13 +225,14 @@ class Config:
         own = self.collector(collector).interval
         return self.poll.interval if own is None else own
 
-    def warnings(self) -> list[str]:
-        """Legal settings an operator should still hear about."""
+    def warnings(self, requests_per_poll: int) -> list[str]:
+        """Legal settings an operator should still hear about; `requests_per_poll` is what the
+        sources plan for one poll of every target (config cannot know the sources)."""
         found = []
         if self.poll.interval < RATE_LIMIT_WARN_INTERVAL:
-            requests = len(self.groups) * len(self.windows)
             found.append(
-                f"poll.interval: {format_duration(self.poll.interval)} makes {requests} request(s)"
+                f"poll.interval: {format_duration(self.poll.interval)} makes {requests_per_poll}"
+                " request(s)"
                 f" every {format_duration(self.poll.interval)}; the data changes every few hours"
                 " and short intervals may trip the API's rate limit"
             )

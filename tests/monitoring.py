@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,12 +76,25 @@ class QueryError(AssertionError):
 
 
 @dataclass
-class Prometheus:
-    """A real Prometheus server started by a test."""
+class Server:
+    """A server of the Prometheus family (Prometheus, Alertmanager) started by a test."""
 
     proc: subprocess.Popen[bytes]
     url: str
     log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class Prometheus(Server):
+    """A real Prometheus server started by a test."""
 
     def api(self, path: str, **params: Any) -> Any:
         response = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=30)
@@ -103,15 +116,6 @@ class Prometheus:
             self.api("query_range", query=expr, start=end - seconds, end=end, step=step)["result"]
         )
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -121,11 +125,17 @@ def _free_port() -> int:
 
 
 def start_prometheus(
-    workdir: Path, targets: list[str], rules: Path = RULES, attempts: int = 3
+    workdir: Path,
+    targets: list[str],
+    rules: Path = RULES,
+    attempts: int = 3,
+    extra: Mapping[str, Any] | None = None,
+    flags: tuple[str, ...] = (),
 ) -> Prometheus:
     """Run Prometheus scraping `targets` (host:port) every second and evaluating `rules`
-    every second. It cannot bind port 0, so it gets a port just seen free, and another one if
-    that was taken in between."""
+    every second, with `extra` top-level config (e.g. `alerting`) and command-line `flags`.
+    It cannot bind port 0, so it gets a port just seen free, and another one if that was
+    taken in between."""
     binary = require_binary("prometheus")
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
@@ -141,40 +151,53 @@ def start_prometheus(
                 "scrape_configs": [
                     {"job_name": "windsurf", "static_configs": [{"targets": targets}]}
                 ],
+                **(extra or {}),
             }
         )
     )
+    proc, url, log = start_server(
+        "prometheus",
+        workdir,
+        lambda port: [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+            *flags,
+        ],
+        attempts,
+    )
+    return Prometheus(proc, url, log)
+
+
+def start_server(
+    name: str, workdir: Path, command: Callable[[int], list[str]], attempts: int = 3
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Run `command(port)` until its /-/ready answers: such a server cannot bind port 0, so it
+    gets a port just seen free, and another one if that was taken in between. Returns the
+    process, its URL and its log."""
     for attempt in range(attempts):
         port = _free_port()
-        log = workdir / f"prometheus-{attempt}.log"
+        log = workdir / f"{name}-{attempt}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        server = Prometheus(proc, f"http://127.0.0.1:{port}", log)
+            proc = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
 
-        def ready(server: Prometheus = server) -> bool:
-            if server.proc.poll() is not None:
+        def ready(proc: subprocess.Popen[bytes] = proc, url: str = url) -> bool:
+            if proc.poll() is not None:
                 return True
             try:
-                return httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200
+                return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_for(ready, timeout=30, what="Prometheus to be ready")
+        wait_for(ready, timeout=30, what=f"{name} to be ready")
         if proc.poll() is None:
-            return server
+            return proc, url, log
         if "address already in use" not in log.read_text():
-            raise AssertionError(f"prometheus exited {proc.returncode}:\n{log.read_text()}")
-    raise AssertionError(f"prometheus found no free port in {attempts} attempts")
+            raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()}")
+    raise AssertionError(f"{name} found no free port in {attempts} attempts")
 
 
 def load_dashboard() -> dict[str, Any]:

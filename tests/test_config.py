@@ -10,6 +10,7 @@ import bcrypt
 import pytest
 import yaml
 
+from exporter.collector import poll_requests
 from exporter.config import (
     CONFIG_KEYS,
     WEB_CONFIG_UNSUPPORTED,
@@ -192,13 +193,15 @@ def test_secret_never_shows_itself(tmp_path: Path) -> None:
 def test_short_intervals_are_allowed_with_a_warning() -> None:
     config = parse_config({"poll": {"interval": "1s"}, "groups": ["a", "b"]}, environ=KEY_ENV)
     assert config.poll.interval == 1
-    (warning,) = config.warnings()
-    assert warning.startswith("poll.interval: 1s makes 2 request(s) every 1s")
+    (warning,) = config.warnings(poll_requests(config))
+    # Two groups' memberships and one team request for the one window.
+    assert warning.startswith("poll.interval: 1s makes 3 request(s) every 1s")
     assert "rate limit" in warning
 
 
 def test_a_normal_interval_has_no_warning() -> None:
-    assert parse_config({"poll": {"interval": "15m"}}, environ=KEY_ENV).warnings() == []
+    config = parse_config({"poll": {"interval": "15m"}}, environ=KEY_ENV)
+    assert config.warnings(poll_requests(config)) == []
 
 
 def test_groups_absent_or_empty_mean_the_whole_team() -> None:

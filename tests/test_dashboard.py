@@ -156,7 +156,7 @@ def test_idle_seat_table_columns(dashboard: dict[str, Any]) -> None:
 def test_compose_mounts_existing_files_into_each_service() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert set(services) == {"exporter", "prometheus", "grafana"}
+    assert set(services) == {"exporter", "prometheus", "alertmanager", "grafana"}
     assert "--demo" in services["exporter"]["command"]
     mounted = {}
     for name, service in services.items():
@@ -167,6 +167,7 @@ def test_compose_mounts_existing_files_into_each_service() -> None:
                 mounted[target] = ROOT / source
     assert mounted["/etc/prometheus/rules.yml"] == ROOT / "prometheus/rules.yml"
     assert mounted["/etc/grafana/provisioning"] == ROOT / "grafana/provisioning"
+    assert mounted["/etc/alertmanager/alertmanager.yml"] == ROOT / "alertmanager/alertmanager.yml"
     home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home.startswith("/var/lib/grafana/dashboards/")
     assert (ROOT / "grafana/dashboards" / home.rsplit("/", 1)[1]).exists()

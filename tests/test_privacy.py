@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from exporter.collector import poll_requests
 from exporter.config import ConfigError, parse_config
 from exporter.demo import FakeWindsurf, synthetic_team
 from exporter.sources.user_page import UserStats, user_labels
@@ -405,7 +406,9 @@ def test_empty_salt_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_hash_mode_without_salt_warns_that_hashes_can_be_recomputed() -> None:
     config = parse_config({"labels": {"user": "hash"}}, require_key=False)
-    assert any(w.startswith("labels.user: hash without") for w in config.warnings())
+    assert any(
+        w.startswith("labels.user: hash without") for w in config.warnings(poll_requests(config))
+    )
 
 
 def test_window_and_threshold_labels_count_in_days_however_spelled() -> None:
@@ -428,4 +431,6 @@ def test_a_salt_file_in_email_mode_is_reported_unused(tmp_path: Path) -> None:
     salt = tmp_path / "salt"
     salt.write_text(SALT)
     config = parse_config({"labels": {"hash_salt_file": str(salt)}}, require_key=False)
-    assert "labels.hash_salt_file: unused, labels.user is email" in config.warnings()
+    assert "labels.hash_salt_file: unused, labels.user is email" in config.warnings(
+        poll_requests(config)
+    )
