@@ -194,8 +194,9 @@ def test_short_intervals_are_allowed_with_a_warning() -> None:
     config = parse_config({"poll": {"interval": "1s"}, "groups": ["a", "b"]}, environ=KEY_ENV)
     assert config.poll.interval == 1
     (warning,) = config.warnings(poll_requests(config))
-    # Two groups' memberships and one team request for the one window.
-    assert warning.startswith("poll.interval: 1s makes 3 request(s) every 1s")
+    # Two groups' memberships and one team request for the one window, and CascadeAnalytics
+    # (on by default) for the two groups and the team.
+    assert warning.startswith("poll.interval: 1s makes 6 request(s) every 1s")
     assert "rate limit" in warning
 
 
