@@ -29,7 +29,7 @@ from exporter.config import (
     load_web_config,
     to_yaml,
 )
-from exporter.poller import Poller
+from exporter.poller import Poller, Published, log_published
 from exporter.web import App, Server
 
 if TYPE_CHECKING:  # the fake API is imported only when --demo runs it
@@ -248,7 +248,7 @@ class Exporter:
         registry = CollectorRegistry()
         for make in (ProcessCollector, PlatformCollector, GCCollector):
             make(registry=registry)
-        self.poller = Poller(self.config, clocks=Clocks(wall=clock))
+        self.poller = Poller(self.config, clocks=Clocks(wall=clock), on_published=self._published)
         self.app = App(
             collector=Collector(registry),
             snapshot=lambda: self.poller.snapshot,
@@ -263,6 +263,11 @@ class Exporter:
             max_requests=args.max_requests,
         )
         self.server: Server | None = None
+
+    def _published(self, published: Published) -> None:
+        """Log the poll, then render its Snapshot in the poll's thread, not the next scrape's."""
+        log_published(published)
+        self.app.collector.prepare(self.poller.snapshot, self.clock())
 
     def summary(self) -> dict[str, Any]:
         return self.config.redacted()

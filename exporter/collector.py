@@ -190,16 +190,24 @@ class Collector:
         self._parts: dict[str, Mapping[Hashable, Any]] = {}
         self._static: dict[bool, _Static] = {}
         self._lock = threading.Lock()
+        self._preparing = threading.Lock()
         self._build = (
             f"{BUILD.name}"
             f"{labels([('version', __version__), ('python_version', platform.python_version())])}"
             " 1\n"
         )
 
-    def render(
-        self, snapshot: Snapshot, now: float, openmetrics: bool = False, gzip: bool = False
-    ) -> bytes:
-        """The whole exposition at time `now`, gzip-compressed when asked."""
+    def prepare(self, snapshot: Snapshot, now: float) -> None:
+        """Render what `snapshot` shows at `now` that only a new poll changes, in both formats
+        and gzip-compressed, so the poll's thread pays for it rather than the next scrape
+        (the poller calls it on each published Snapshot)."""
+        with self._preparing:  # polls publishing at once: one renders, the next reuses it
+            for openmetrics in (False, True):
+                self._static_now(snapshot, now, openmetrics)[1].body.compress()
+
+    def _static_now(
+        self, snapshot: Snapshot, now: float, openmetrics: bool
+    ) -> tuple[list[Rendered], _Static]:
         config = snapshot.config
         live = tuple(is_live(s, now, config.poll.max_staleness) for s in snapshot.states)
         reports = tuple(
@@ -208,7 +216,13 @@ class Collector:
             if ok and s.report is not None
         )
         rendered = [self._render_source(source, config, reports) for source in SOURCES]
-        static = self._static_part(snapshot, live, rendered, openmetrics)
+        return rendered, self._static_part(snapshot, live, rendered, openmetrics)
+
+    def render(
+        self, snapshot: Snapshot, now: float, openmetrics: bool = False, gzip: bool = False
+    ) -> bytes:
+        """The whole exposition at time `now`, gzip-compressed when asked."""
+        rendered, static = self._static_now(snapshot, now, openmetrics)
         dynamic = utf8(
             _rate_limited(snapshot, now, openmetrics)
             + self._dynamic_part(rendered, now, openmetrics)

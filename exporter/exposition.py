@@ -97,14 +97,19 @@ class StaticBody:
     _gzip_head: bytes = b""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def compress(self) -> zlib._Compress:
+        """The compressor after the pieces (compressed now if no one did yet), to copy."""
+        with self._lock:
+            if self._gzip is None:
+                compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+                head = [compressor.compress(piece) for piece in self.pieces]
+                self._gzip_head = b"".join([*head, compressor.flush(zlib.Z_SYNC_FLUSH)])
+                self._gzip = compressor
+            return self._gzip
+
     def body(self, tail: bytes, gzip: bool) -> bytes:
         """The pieces then `tail`, gzip-compressed when asked."""
         if not gzip:
             return b"".join([*self.pieces, tail])
-        with self._lock:
-            if self._gzip is None:
-                self._gzip = zlib.compressobj(1, zlib.DEFLATED, 31)
-                head = [self._gzip.compress(piece) for piece in self.pieces]
-                self._gzip_head = b"".join([*head, self._gzip.flush(zlib.Z_SYNC_FLUSH)])
-            compressor = self._gzip.copy()
+        compressor = self.compress().copy()
         return self._gzip_head + compressor.compress(tail) + compressor.flush()
