@@ -164,14 +164,14 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def measure(
-    name: str, users: int, config: Path, rounds: int, budget: float, body: Path
+    name: str, users: int, config: Path, rounds: int, budget: float, floor_body: Path
 ) -> tuple[Result, bytes]:
     """Start one exporter, wait for its poll, scrape it `rounds` times (both formats each round;
     fewer once `budget` seconds are spent, but at least HISTORY), and read its peak RSS; and
     the last (OpenMetrics) body it served."""
     result = Result(name, users, scrapes={fmt: [] for fmt in ACCEPT})
-    command = [*EXPORTERS[name], str(body)] if name == "floor" else EXPORTERS[name]
-    targets = {"floor": set(), "ours+team": {*GROUPS, ""}}.get(name, set(GROUPS))
+    command = [*EXPORTERS[name], str(floor_body)] if name == "floor" else EXPORTERS[name]
+    targets: set[str] = {"floor": set(), "ours+team": {*GROUPS, ""}}.get(name, set(GROUPS))
     with exporter_process(command, config) as (proc, lines):
         url = ""
         polled: set[str] = set()

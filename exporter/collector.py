@@ -156,7 +156,8 @@ def poll_requests(config: Config) -> int:
 
 @dataclass
 class _Static:
-    """The static part of the exposition for one snapshot, format and liveness of its targets."""
+    """The static part of the exposition for one snapshot, format and liveness of its
+    targets, compressed."""
 
     snapshot: Snapshot
     live: tuple[bool, ...]
@@ -189,6 +190,8 @@ class Collector:
         self._rendered: dict[str, _Cached] = {}
         self._parts: dict[str, Mapping[Hashable, Any]] = {}
         self._static: dict[bool, _Static] = {}
+        # Each static piece's deflate blocks by its id, shared by both formats' bodies.
+        self._deflated: dict[int, tuple[bytes, bytes]] = {}
         self._lock = threading.Lock()
         self._preparing = threading.Lock()
         self._build = (
@@ -203,7 +206,7 @@ class Collector:
         (the poller calls it on each published Snapshot)."""
         with self._preparing:  # polls publishing at once: one renders, the next reuses it
             for openmetrics in (False, True):
-                self._static_now(snapshot, now, openmetrics)[1].body.compress()
+                self._static_now(snapshot, now, openmetrics)
 
     def _static_now(
         self, snapshot: Snapshot, now: float, openmetrics: bool
@@ -271,10 +274,14 @@ class Collector:
         for source, lines in zip(SOURCES, rendered, strict=True):
             for family in source.families:
                 chunk = lines.static.get(family, b"")
-                pieces.extend(family_lines(family.header(openmetrics).encode(), [chunk]))
-        static = _Static(snapshot=snapshot, live=live, body=StaticBody(pieces))
+                ours = [chunk] if isinstance(chunk, bytes) else list(chunk)
+                pieces.extend(family_lines(family.header(openmetrics).encode(), ours))
+        static = _Static(snapshot, live, StaticBody(pieces, self._deflated))
         with self._lock:
             self._static[openmetrics] = static
+            # Only the pieces of the bodies in use keep their compressed blocks.
+            used = {id(p) for s in self._static.values() for p in s.body.pieces}
+            self._deflated = {k: v for k, v in self._deflated.items() if k in used}
         return static
 
     def _dynamic_part(self, rendered: list[Rendered], now: float, openmetrics: bool) -> str:

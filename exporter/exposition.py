@@ -4,10 +4,10 @@ compressed once. Nothing here knows about Windsurf."""
 
 from __future__ import annotations
 
-import threading
+import struct
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AnyStr
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -86,30 +86,41 @@ class Ages:
         return "".join(parts)
 
 
-@dataclass
+# A gzip member's header (RFC 1952): deflate, no name, no time, unknown OS.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+def deflated(piece: bytes) -> bytes:
+    """`piece` as raw deflate blocks ending on a byte boundary, not final: such blocks of
+    separately compressed pieces, concatenated, are one valid deflate stream."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
 class StaticBody:
     """The part of a body that only a new poll changes, as pieces (shared, not copied), and
-    once a scrape asks for gzip, the pieces compressed with the compressor's state after them,
-    so each gzip scrape compresses only what follows."""
+    their raw deflate blocks, made once per piece and shared by every body holding the same
+    piece object (`shared`, e.g. both formats): a gzip scrape compresses only what follows."""
 
-    pieces: list[bytes]
-    _gzip: zlib._Compress | None = None
-    _gzip_head: bytes = b""
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    __slots__ = ("_crc", "_deflated", "_size", "pieces")
 
-    def compress(self) -> zlib._Compress:
-        """The compressor after the pieces (compressed now if no one did yet), to copy."""
-        with self._lock:
-            if self._gzip is None:
-                compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
-                head = [compressor.compress(piece) for piece in self.pieces]
-                self._gzip_head = b"".join([*head, compressor.flush(zlib.Z_SYNC_FLUSH)])
-                self._gzip = compressor
-            return self._gzip
+    def __init__(self, pieces: list[bytes], shared: dict[int, tuple[bytes, bytes]]) -> None:
+        self.pieces = pieces
+        self._deflated: list[bytes] = []
+        self._crc = 0
+        self._size = 0
+        for piece in pieces:
+            if id(piece) not in shared:  # the piece is kept with it, so its id stays its own
+                shared[id(piece)] = (piece, deflated(piece))
+            self._deflated.append(shared[id(piece)][1])
+            self._crc = zlib.crc32(piece, self._crc)
+            self._size += len(piece)
 
     def body(self, tail: bytes, gzip: bool) -> bytes:
         """The pieces then `tail`, gzip-compressed when asked."""
         if not gzip:
             return b"".join([*self.pieces, tail])
-        compressor = self.compress().copy()
-        return self._gzip_head + compressor.compress(tail) + compressor.flush()
+        compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+        end = compressor.compress(tail) + compressor.flush()
+        trailer = struct.pack("<II", zlib.crc32(tail, self._crc), (self._size + len(tail)) % 2**32)
+        return b"".join([_GZIP_HEADER, *self._deflated, end, trailer])
