@@ -234,6 +234,7 @@ class Exporter:
         self.clock = clock
         self.environ = os.environ if environ is None else environ
         self._reload_lock = threading.Lock()
+        self._preparing = threading.Lock()
         self.fake: FakeWindsurf | None = None
         if args.demo:
             from exporter.demo import FakeWindsurf  # noqa: PLC0415 (only for --demo)
@@ -267,7 +268,10 @@ class Exporter:
     def _published(self, published: Published) -> None:
         """Log the poll, then render its Snapshot in the poll's thread, not the next scrape's."""
         log_published(published)
-        self.app.collector.prepare(self.poller.snapshot, self.clock())
+        # Polls publishing at once: the Snapshot is read under the lock, so the last one
+        # prepared is the newest, and the next poll's render reuses this one's pieces.
+        with self._preparing:
+            self.app.collector.prepare(self.poller.snapshot, self.clock())
 
     def summary(self) -> dict[str, Any]:
         return self.config.redacted()

@@ -193,7 +193,6 @@ class Collector:
         # Each static piece's deflate blocks by its id, shared by both formats' bodies.
         self._deflated: dict[int, tuple[bytes, bytes]] = {}
         self._lock = threading.Lock()
-        self._preparing = threading.Lock()
         self._build = (
             f"{BUILD.name}"
             f"{labels([('version', __version__), ('python_version', platform.python_version())])}"
@@ -204,9 +203,8 @@ class Collector:
         """Render what `snapshot` shows at `now` that only a new poll changes, in both formats
         and gzip-compressed, so the poll's thread pays for it rather than the next scrape
         (the poller calls it on each published Snapshot)."""
-        with self._preparing:  # polls publishing at once: one renders, the next reuses it
-            for openmetrics in (False, True):
-                self._static_now(snapshot, now, openmetrics)
+        for openmetrics in (False, True):
+            self._static_now(snapshot, now, openmetrics)
 
     def _static_now(
         self, snapshot: Snapshot, now: float, openmetrics: bool

@@ -653,10 +653,14 @@ class _Lines:
         self._lines: dict[Family, list[str]] = {}
 
     def add(self, family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
-        self._lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}")
+        self._lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}\n")
 
     def static(self) -> dict[Family, bytes]:
-        return {f: utf8("".join([line + "\n" for line in ls])) for f, ls in self._lines.items()}
+        """The lines as UTF-8, each family's list dropped once encoded (a render's peak)."""
+        out = {}
+        for family in list(self._lines):
+            out[family] = utf8("".join(self._lines.pop(family)))
+        return out
 
 
 def _group_piece(group: str, report: GroupReport, people: _People, config: Config) -> Rendered:
