@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.collector import Collector
 from exporter.config import Config, Window
+from exporter.exposition import Ages
 from exporter.sources.team import TEAM
 from exporter.sources.user_page import USER_PAGE, build_report, decode_page
 from exporter.state import Reason, Snapshot, SourceState
@@ -415,3 +416,9 @@ def group_series_of(text: str, group: str) -> list[str]:
         for line in text.splitlines()
         if line.startswith(("windsurf_user", "windsurf_group")) and f'group="{group}"' in line
     ]
+
+
+def test_an_age_line_keeps_a_percent_sign_of_its_labels_and_clamps_a_future_time() -> None:
+    ages = Ages([('a{user="100% %s %d"} ', NOW - 1.5), ("b ", NOW + 60)])
+    assert ages.render(NOW) == 'a{user="100% %s %d"} 1.500\nb 0.000\n'
+    assert Ages([]).render(NOW) == ""
