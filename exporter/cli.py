@@ -236,6 +236,8 @@ class Exporter:
         self.environ = os.environ if environ is None else environ
         self._reload_lock = threading.Lock()
         self._preparing = threading.Lock()
+        # Ready once every target's first poll is published and rendered for scrapes.
+        self._rendered = threading.Event()
         self.fake: FakeWindsurf | None = None
         if args.demo:
             from exporter.demo import FakeWindsurf  # noqa: PLC0415 (only for --demo)
@@ -255,7 +257,7 @@ class Exporter:
             collector=Collector(registry),
             snapshot=lambda: self.poller.snapshot,
             clock=clock,
-            ready=self.poller.ready,
+            ready=self._rendered,
             reload=self.reload,
             config_summary=self.summary,
             telemetry_path=args.telemetry_path,
@@ -278,9 +280,13 @@ class Exporter:
             gc.disable()
             try:
                 self.app.collector.prepare(self.poller.snapshot, self.clock())
+            except Exception:  # a scrape renders it again, and says so
+                log.exception("rendering the new data failed")
             finally:
                 if collecting:
                     gc.enable()
+            if self.poller.ready.is_set():
+                self._rendered.set()
 
     def summary(self) -> dict[str, Any]:
         return self.config.redacted()
