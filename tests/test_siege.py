@@ -267,61 +267,113 @@ def metric(metrics: dict[str, float], name: str, group: str, **labels: str) -> f
     return metrics.get(series(name, group=group, **labels))
 
 
-def test_one_exporter_holds_against_every_attack_at_once(
-    upstream: FakeWindsurf, besieged: Process
-) -> None:
-    url, pid = besieged.url, besieged.proc.pid
+def polls(metrics: dict[str, float], group: str) -> float:
+    return metric(metrics, "windsurf_exporter_polls_total", group) or 0.0
+
+
+@dataclass
+class Siege:
+    """What one siege measured, from start to end."""
+
+    seen: Seen
+    plain: int  # bytes of the plain-text exposition before the siege
+    before: dict[str, float]  # /metrics before the siege
+    after: dict[str, float]  # and after it
+    final: str  # the text of the last scrape
+    sent: dict[str, int]  # UserPageAnalytics requests per group between the two scrapes
+    asked: dict[str, int]  # and during the siege itself
+    duration: float
+    baseline: int  # peak RSS before, bytes
+    grown: int  # peak RSS growth during the siege, bytes
+
+
+def besiege(process: Process, upstream: FakeWindsurf) -> Siege:
+    """Every attack at once until each has gone round and the healthy groups polled 5 times."""
+    url, pid = process.url, process.proc.pid
     first = httpx.get(url + "/metrics", headers={"Accept-Encoding": "identity"}, timeout=10)
-    plain = len(first.content)
     before = samples(first.text)
     sent = {g: len(upstream.requests_for(g)) for g in GROUPS}
     baseline = peak_rss(pid)
     seen = Seen()
-    began = time.time()
-    with attacks(besieged, seen):
 
-        def polled(grown: int) -> bool:
-            now = samples(httpx.get(url + "/metrics", timeout=30).text)
-            return all(
-                (metric(now, "windsurf_exporter_polls_total", g) or 0)
-                >= (metric(before, "windsurf_exporter_polls_total", g) or 0) + grown
-                for g in HEALTHY
-            )
+    def polled() -> bool:
+        now = samples(httpx.get(url + "/metrics", timeout=30).text)
+        return all(polls(now, g) >= polls(before, g) + 5 for g in HEALTHY)
 
-        wait_for(
-            lambda: (
-                len(seen.reloads) == RELOADS
-                and len(seen.scrapes) >= 3 * BURST
-                and sum(kind == "text" for kind, _, _ in seen.scrapes) >= READERS
-                and len(seen.malformed) >= 2 * len(MALFORMED)
-                and polled(5)
-            ),
-            timeout=40,
-            what="every attack to have gone round and the healthy groups to have polled",
+    def gone_round() -> bool:
+        return (
+            len(seen.reloads) == RELOADS
+            and len(seen.scrapes) >= 3 * BURST
+            and sum(kind == "text" for kind, _, _ in seen.scrapes) >= READERS
+            and len(seen.malformed) >= 2 * len(MALFORMED)
         )
+
+    began = time.time()
+    with attacks(process, seen):
+        wait_for(lambda: gone_round() and polled(), timeout=40, what="the siege to go round")
     ended = time.time()
     grown = peak_rss(pid) - baseline
+    final = httpx.get(url + "/metrics", timeout=10).text
+    return Siege(
+        seen=seen,
+        plain=len(first.content),
+        before=before,
+        after=samples(final),
+        final=final,
+        sent={g: len(upstream.requests_for(g)) - sent[g] for g in GROUPS},
+        asked={g: sum(began <= r.at <= ended for r in upstream.requests_for(g)) for g in GROUPS},
+        duration=ended - began,
+        baseline=baseline,
+        grown=grown,
+    )
 
-    # /-/healthy answered within its deadline throughout.
+
+def test_one_exporter_holds_against_every_attack_at_once(
+    upstream: FakeWindsurf, besieged: Process
+) -> None:
+    siege = besiege(besieged, upstream)
+    secrets = [SERVICE_KEY, LEAKED_API_KEY, *(m.api_key for m in upstream.team)]
+    held_the_network(siege.seen, secrets)
+    counted_the_hostile_upstream(siege.after)
+    reloads_cost_nothing(siege)
+    # Memory: at most --web.max-requests (8) bodies in use, each at most the plain exposition,
+    # plus the one being built and its cached static part, plus what a thread per connection
+    # slot (64) holds (its stack's touched pages and share of malloc arenas, ~256 KiB).
+    bound = 10 * siege.plain + 64 * 256 * 1024
+    assert siege.grown < bound, f"peak RSS grew {siege.grown >> 20} MiB"
+    assert [s for s in secrets if s in siege.final] == []
+    log = output(besieged)
+    assert "Traceback" not in log
+    assert [s for s in secrets if s in log] == []
+    assert "Too many open files" not in log
+    assert "?held" not in log, "a half-sent request was served"
+    assert log.count("config reloaded") == RELOADS
+    print(
+        f"siege {siege.duration:.1f}s: {len(siege.seen.scrapes)} scrapes, /-/healthy within"
+        f" {max(h for h in siege.seen.health if isinstance(h, float)):.2f}s,"
+        f" {sum(siege.seen.held)} held clients replaced, requests {siege.asked}, peak RSS"
+        f" +{siege.grown >> 20} MiB over {siege.baseline >> 20} MiB,"
+        f" exposition {siege.plain >> 10} KiB"
+    )
+
+
+def held_the_network(seen: Seen, secrets: list[str]) -> None:
+    """/-/healthy in time throughout; every well-formed scrape 200, parsable, no series twice,
+    no email (hash mode) and no secret; each malformed request a 400; each reload done."""
     assert len(seen.health) >= 5
     assert [h for h in seen.health if not isinstance(h, float)] == []
-    # Every well-formed scrape: 200, parsable, no series twice, nothing personal or secret.
     assert Counter(status for _, status, _ in seen.scrapes) == {200: len(seen.scrapes)}
-    secrets = [SERVICE_KEY, LEAKED_API_KEY, *(m.api_key for m in upstream.team)]
-    for kind, body in {(k, b) for k, _, b in seen.scrapes}:
+    for kind, body in {(k, b) for k, _, b in seen.scrapes}:  # shared renders: parsed once
         text = body.decode()
         found = series_of(text, parse_openmetrics if kind == "openmetrics" else parse_text)
         assert [s for s, n in Counter(found).items() if n > 1] == []
-        assert "example.com" not in text, "hash mode: no email in /metrics"
-    final = httpx.get(url + "/metrics", timeout=10).text
-    sent = {g: len(upstream.requests_for(g)) - sent[g] for g in GROUPS}
-    assert [s for s in secrets if s in final] == []
-    # Malformed requests: a status line and a 400 each; the reloads: all answered.
+        assert "example.com" not in text
     assert all(line.startswith(b"HTTP/1.1 400 ") for line in seen.malformed), set(seen.malformed)
     assert seen.reloads == [(200, "config reloaded")] * RELOADS
 
-    # The healthy groups stayed up; the hostile one too, its bad values counted, not exported.
-    metrics = samples(final)
+
+def counted_the_hostile_upstream(metrics: dict[str, float]) -> None:
+    """The healthy groups stayed up, and the hostile one: its bad values counted, not data."""
     assert {g: metric(metrics, "windsurf_up", g) for g in GROUPS} == {
         **dict.fromkeys(HEALTHY, 1),
         HOSTILE: 1,
@@ -339,35 +391,12 @@ def test_one_exporter_holds_against_every_attack_at_once(
     assert limited == LIMITED_VALUES
     assert metric(metrics, "windsurf_group_prompt_credits_used", HOSTILE) == 100
 
-    # The unchanged reloads cost no request beyond the schedule. Polls start INTERVAL apart
-    # at least; one may wait up to LIMITED's 1 s Retry-After for the key before asking.
-    allowed = (ended - began + 1) / INTERVAL + 1
-    asked = {g: sum(began <= r.at <= ended for r in upstream.requests_for(g)) for g in GROUPS}
-    assert max(asked.values()) <= allowed, (asked, allowed)
-    # And threw none away: every request sent is a poll counted (give or take one in flight
-    # at either scrape).
-    counted = {
-        g: (metric(metrics, "windsurf_exporter_polls_total", g) or 0)
-        - (metric(before, "windsurf_exporter_polls_total", g) or 0)
-        for g in GROUPS
-    }
-    assert all(sent[g] <= counted[g] + 1 for g in GROUPS), (sent, counted)
 
-    # Memory: at most --web.max-requests (8) bodies in use, each at most the plain exposition,
-    # plus the one being built and its cached static part, plus what a thread per connection
-    # slot (64) holds (its stack's touched pages and share of malloc arenas, ~256 KiB).
-    bound = 10 * plain + 64 * 256 * 1024
-    assert grown < bound, f"peak RSS grew {grown >> 20} MiB ({plain >> 10} KiB exposition)"
-
-    log = output(besieged)
-    assert "Traceback" not in log
-    assert [s for s in secrets if s in log] == []
-    assert "Too many open files" not in log
-    assert "?held" not in log, "a half-sent request was served"
-    assert log.count("config reloaded") == RELOADS
-    print(
-        f"siege {ended - began:.1f}s: {len(seen.scrapes)} scrapes, health at most"
-        f" {max(h for h in seen.health if isinstance(h, float)):.2f}s, {sum(seen.held)} held"
-        f" clients replaced, asked {asked} (allowed {allowed:.0f}), peak RSS"
-        f" +{grown >> 20} MiB over {baseline >> 20} MiB, exposition {plain >> 10} KiB"
-    )
+def reloads_cost_nothing(siege: Siege) -> None:
+    """No request beyond the schedule: polls start INTERVAL apart at least, and one may wait up
+    to LIMITED's 1 s Retry-After for the key before asking. And none thrown away: every
+    request sent is a poll counted (give or take one in flight at either scrape)."""
+    allowed = (siege.duration + 1) / INTERVAL + 1
+    assert max(siege.asked.values()) <= allowed, (siege.asked, allowed)
+    counted = {g: polls(siege.after, g) - polls(siege.before, g) for g in GROUPS}
+    assert all(siege.sent[g] <= counted[g] + 1 for g in GROUPS), (siege.sent, counted)
