@@ -39,7 +39,7 @@ HOSTILE = "hostile"  # up, with every value a reply can get wrong
 LIMITED = "limited"  # always 429 with Retry-After
 GROUPS = (*HEALTHY, HOSTILE, LIMITED)
 INTERVAL = 2.0  # poll.interval, seconds; LIMITED's 429 holds the key 1 s of each
-TEAM = 300  # members over the four groups; a few hundred each in the healthy ones
+TEAM = 300  # members over the four groups: about 75 in each healthy one
 HELD = 150  # slowloris clients kept connected: more than the 64 slots, most of NOFILE
 BURST = 24  # gzip scrapes sent at once, per round
 READERS = 3  # slow plain-text readers
@@ -86,7 +86,7 @@ class Seen:
 
 
 @contextmanager
-def attacks(target: Process, seen: Seen) -> Iterator[threading.Event]:
+def attacks(target: Process, seen: Seen) -> Iterator[None]:
     """Every attack in a thread of its own until the block ends; then all stopped and joined."""
     stop = threading.Event()
     url = target.url
@@ -102,7 +102,7 @@ def attacks(target: Process, seen: Seen) -> Iterator[threading.Event]:
     for thread in threads:
         thread.start()
     try:
-        yield stop
+        yield
     finally:
         stop.set()
         for thread in threads:
