@@ -11,7 +11,6 @@ and exits when stdin closes.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import threading
@@ -22,7 +21,7 @@ from typing import Any, TypeVar
 from exporter import cli
 from exporter.api import Client, Clocks, KeyLimit
 from exporter.config import Config
-from exporter.poller import Poller, Published, log_published
+from exporter.poller import Poller, Published
 from exporter.sources import Request
 
 T = TypeVar("T")
@@ -57,19 +56,31 @@ def timed_client(config: Config, clocks: Clocks, limit: KeyLimit) -> Client:
     )
 
 
-def report(published: Published) -> None:
-    """Adds the time from the last parsed reply to the published Snapshot, and prints it."""
-    log_published(published)
+def report(published: Published, rendered: float) -> None:
+    """Adds the time from the last parsed reply to the data ready to scrape, and prints it
+    with the part of it the exporter's hook spent rendering."""
     parsed = getattr(_probe, "parsed", time.perf_counter())
     spent = getattr(_probe, "spent", 0.0) + time.perf_counter() - parsed
     _probe.spent = 0.0
     failure = published.result.failure
-    line = {"group": published.after.name, "seconds": spent}
+    line = {"group": published.after.name, "seconds": spent, "render": rendered}
     print(json.dumps(line if failure is None else {**line, "error": str(failure)}), flush=True)
 
 
+def probed(config: Config, clocks: Clocks, on_published: Callable[[Published], None]) -> Poller:
+    """The exporter's Poller, timed: the probe hears of a poll after the exporter's own hook
+    (which renders the new Snapshot), so its time is until the data is ready to scrape."""
+
+    def both(published: Published) -> None:
+        started = time.perf_counter()
+        on_published(published)
+        report(published, time.perf_counter() - started)
+
+    return Poller(config, client_factory=timed_client, clocks=clocks, on_published=both)
+
+
 def main() -> None:
-    cli.Poller = functools.partial(Poller, client_factory=timed_client, on_published=report)  # type: ignore[attr-defined,assignment]
+    cli.Poller = probed  # type: ignore[attr-defined,assignment]
     args = cli.build_parser().parse_args(sys.argv[1:])
     cli.setup_logging(args.log_level, args.log_format, list)
     exporter = cli.Exporter(args)

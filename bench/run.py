@@ -3,13 +3,16 @@
     uv run python bench/run.py                       # 1k, 10k, 20k and 50k users
     uv run python bench/run.py --quick               # 1k and 10k users, fewer scrapes
     uv run python bench/run.py --sizes 1000,10000,50000
+    uv run python bench/run.py --sizes 20000 --exporters ours,ours+team,floor
 
 For each team size it serves a synthetic team over 10 groups from the demo's fake API, then runs
-each exporter (bench/ours.py; bench/baseline.py with Gauges, and with a custom collector of
-GaugeMetricFamily rendered by generate_latest) in a process of its own against it and measures:
-the time from upstream response to published data for the first poll, the median /metrics
-scrape as Prometheus asks for it (gzip; text and OpenMetrics Accept headers), and the peak RSS.
-Numbers are only comparable within one run on one machine, hence the ratios.
+each exporter (bench/ours.py, without and with the team poll; bench/baseline.py with Gauges, and
+with a custom collector of GaugeMetricFamily rendered by generate_latest; bench/floor.py, which
+only sends ours' last gzip body from memory) in a process of its own against it and measures:
+the time from upstream response to data ready to scrape for the first poll (for ours, rendered
+in the poll's thread; how much of it is shown apart), the first scrape after the polls and the
+median /metrics scrape as Prometheus asks for it (gzip; text and OpenMetrics Accept headers),
+and the peak RSS. Numbers are only comparable within one run on one machine, hence the ratios.
 """
 
 from __future__ import annotations
@@ -47,8 +50,11 @@ ACCEPT = {
     "openmetrics": "application/openmetrics-text;version=1.0.0,"
     "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
 }
+OURS = [str(HERE / "ours.py"), "--web.listen-address", "127.0.0.1:0", "--log.level", "warn"]
 EXPORTERS = {
-    "ours": [str(HERE / "ours.py"), "--web.listen-address", "127.0.0.1:0", "--log.level", "warn"],
+    "ours": OURS,
+    "ours+team": OURS,  # with the team poll (`team: true`): the groups join the team's rows
+    "floor": [str(HERE / "floor.py"), "--body"],  # + the body ours served last, from memory
     "baseline": [str(HERE / "baseline.py")],
     "collector": [str(HERE / "baseline.py"), "--style", "collector"],
 }
@@ -61,7 +67,8 @@ class Result:
     users: int
     series: int = 0
     gzip_bytes: int = 0
-    poll_seconds: float = 0.0  # summed over the groups: response -> data published
+    poll_seconds: float = 0.0  # summed over the groups: response -> data ready to scrape
+    render_seconds: float = 0.0  # of which rendering it (ours renders in the poll's thread)
     cold_ms: float = 0.0  # the first scrape after the poll
     scrapes: dict[str, list[float]] = field(default_factory=dict)  # format -> ms, in order
     peak_rss_mb: float = 0.0
@@ -70,11 +77,11 @@ class Result:
         return statistics.median(self.scrapes[fmt][part])
 
 
-def config_file(directory: Path, url: str) -> Path:
-    """The config both exporters read: every group, polled once, one group at a time."""
+def config_file(directory: Path, url: str, team: bool = False) -> Path:
+    """The config the exporters read: every group, polled once, one group at a time."""
     key = directory / "service-key"
     key.write_text(DEMO_SERVICE_KEY)
-    path = directory / "config.yaml"
+    path = directory / f"config{'-team' if team else ''}.yaml"
     raw = {
         "api": {"url": url, "service_key_file": str(key), "timeout": "5m"},
         # One poll at start-up and none during the scrapes; one group at a time, so a group's
@@ -82,8 +89,8 @@ def config_file(directory: Path, url: str) -> Path:
         "poll": {"interval": "24h", "max_staleness": "48h", "concurrency": 1},
         "groups": list(GROUPS),
         "active_days_windows": ["7d", "30d"],
-        # Per-group polls, as the baselines make them.
-        "team": False,
+        # Per-group polls, as the baselines make them; or the team poll, which ours may add.
+        "team": team,
     }
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -91,11 +98,11 @@ def config_file(directory: Path, url: str) -> Path:
 
 @contextmanager
 def exporter_process(
-    name: str, config: Path
+    command: list[str], config: Path
 ) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[dict[str, Any] | None]]]:
     """The exporter in its own process (so its RSS is its own); its JSON lines on a queue."""
     proc = subprocess.Popen(
-        [sys.executable, *EXPORTERS[name], "--config.file", str(config)],
+        [sys.executable, *command, "--config.file", str(config)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -156,14 +163,19 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def measure(name: str, users: int, config: Path, rounds: int, budget: float) -> Result:
+def measure(
+    name: str, users: int, config: Path, rounds: int, budget: float, floor_body: Path
+) -> tuple[Result, bytes]:
     """Start one exporter, wait for its poll, scrape it `rounds` times (both formats each round;
-    fewer once `budget` seconds are spent, but at least HISTORY), and read its peak RSS."""
+    fewer once `budget` seconds are spent, but at least HISTORY), and read its peak RSS; and
+    the last (OpenMetrics) body it served."""
     result = Result(name, users, scrapes={fmt: [] for fmt in ACCEPT})
-    with exporter_process(name, config) as (proc, lines):
+    command = [*EXPORTERS[name], str(floor_body)] if name == "floor" else EXPORTERS[name]
+    targets: set[str] = {"floor": set(), "ours+team": {*GROUPS, ""}}.get(name, set(GROUPS))
+    with exporter_process(command, config) as (proc, lines):
         url = ""
         polled: set[str] = set()
-        while not url or len(polled) < len(GROUPS):
+        while not url or polled < targets:
             line = next_line(lines, timeout=1800)
             if "error" in line:
                 raise SystemExit(f"{name}: poll of {line['group']} failed: {line['error']}")
@@ -172,6 +184,7 @@ def measure(name: str, users: int, config: Path, rounds: int, budget: float) -> 
             else:
                 polled.add(line["group"])
                 result.poll_seconds += line["seconds"]
+                result.render_seconds += line.get("render", 0.0)
         result.cold_ms, _ = scrape(url, "text")
         scrape(url, "openmetrics")
         started = time.monotonic()
@@ -185,7 +198,7 @@ def measure(name: str, users: int, config: Path, rounds: int, budget: float) -> 
     text = gzip.decompress(body).decode()
     result.gzip_bytes = len(body)
     result.series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
-    return result
+    return result, body
 
 
 def machine() -> str:
@@ -208,7 +221,7 @@ def machine() -> str:
 def table(results: list[Result]) -> str:
     header = (
         "| users | exporter | series | gzip MB | scrape text ms | scrape OpenMetrics ms"
-        " | first scrape ms | poll -> data s | peak RSS MB |"
+        " | first scrape ms | poll -> data s (render) | peak RSS MB |"
     )
     rows = [header, "|---" * 9 + "|"]
     for r in results:
@@ -216,7 +229,8 @@ def table(results: list[Result]) -> str:
         rows.append(
             f"| {r.users:,} | {r.exporter} | {r.series:,} | {r.gzip_bytes / 1e6:.1f}"
             f" | {r.median('text'):.1f} (n={n}) | {r.median('openmetrics'):.1f}"
-            f" | {r.cold_ms:.0f} | {r.poll_seconds:.2f} | {r.peak_rss_mb:.0f} |"
+            f" | {r.cold_ms:.0f} | {r.poll_seconds:.2f} ({r.render_seconds:.2f})"
+            f" | {r.peak_rss_mb:.0f} |"
         )
     return "\n".join(rows)
 
@@ -237,9 +251,26 @@ def ratios(results: list[Result]) -> str:
                 f" peak RSS {ours.peak_rss_mb / base.peak_rss_mb:.2f} of its;"
                 f" poll -> data {base.poll_seconds / ours.poll_seconds:.1f}x faster"
             )
+    for users in sorted({r.users for r in results}):
+        floor = by.get((users, "floor"))
+        for name in ("ours", "ours+team"):
+            ours = by.get((users, name))
+            if ours is None:
+                continue
+            warm = ours.median("text")
+            lines.append(
+                f"{users:>6,} users, {name}: first scrape {ours.cold_ms / warm:.2f}x a warm one"
+                + (
+                    f"; warm scrape {warm / floor.median('text'):.2f}x the floor (text),"
+                    f" {ours.median('openmetrics') / floor.median('openmetrics'):.2f}x"
+                    " (OpenMetrics)"
+                    if floor is not None
+                    else ""
+                )
+            )
     for r in results:
         n = len(r.scrapes["text"])
-        if r.exporter == "ours" and n >= 2 * HISTORY:
+        if r.exporter.startswith("ours") and n >= 2 * HISTORY:
             first, last = slice(0, HISTORY), slice(n - HISTORY, n)
             lines.append(
                 f"{r.users:>6,} users, ours: median scrape of rounds 1-{HISTORY} vs"
@@ -267,13 +298,17 @@ def main() -> None:
     print(f"Machine: {machine()}", flush=True)
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
+        body = Path(tmp) / "body.gz"  # what the floor serves: ours' last body of the size
         for users in sizes:
             with FakeWindsurf(team=synthetic_team(users, groups=GROUPS)) as fake:
-                config = config_file(Path(tmp), fake.url)
                 for name in args.exporters.split(","):
                     print(f"{users:,} users: {name}...", file=sys.stderr, flush=True)
-                    limit = float("inf") if name == "ours" else budget
-                    results.append(measure(name, users, config, rounds, limit))
+                    config = config_file(Path(tmp), fake.url, team=name == "ours+team")
+                    limit = float("inf") if name.startswith("ours") else budget
+                    result, served = measure(name, users, config, rounds, limit, body)
+                    if name == "ours":
+                        body.write_bytes(served)
+                    results.append(result)
     print(table(results))
     print()
     print(ratios(results))

@@ -49,7 +49,8 @@ _RETRYABLE = {Reason.RATE_LIMITED, Reason.SERVER_ERROR, Reason.TIMEOUT, Reason.C
 class ApiError(Exception):
     """A failed call; `str()` is one safe line, `retry_after` the wait the upstream asked for.
     `key_wait`: the failure is the key's rate limit (a 429, a 503 with Retry-After, or a request
-    not sent because the key is waiting), which holds every request with the key."""
+    not sent because the key is waiting), which holds every request with the key; `held`: the
+    request was not sent at all, because the key was already waiting."""
 
     def __init__(
         self,
@@ -57,11 +58,13 @@ class ApiError(Exception):
         message: str,
         retry_after: float | None = None,
         key_wait: bool = False,
+        held: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
         self.key_wait = key_wait
+        self.held = held
 
     def __repr__(self) -> str:
         return f"ApiError({self.reason.value!r}, {str(self)!r})"
@@ -146,6 +149,7 @@ class KeyLimit:
                         f" rate limit for {paused:.1f}s more",
                         paused,
                         key_wait=True,
+                        held=True,
                     )
                 turn = self._turn(now, budget)
                 if turn is not None and turn <= now:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from exporter.config import (
     load_web_config,
     to_yaml,
 )
-from exporter.poller import Poller
+from exporter.poller import Poller, Published, log_published
 from exporter.web import App, Server
 
 if TYPE_CHECKING:  # the fake API is imported only when --demo runs it
@@ -241,6 +242,9 @@ class Exporter:
         self.clock = clock
         self.environ = os.environ if environ is None else environ
         self._reload_lock = threading.Lock()
+        self._preparing = threading.Lock()
+        # Ready once every target's first poll is published and rendered for scrapes.
+        self._rendered = threading.Event()
         self.fake: FakeWindsurf | None = None
         if args.demo:
             from exporter.demo import FakeWindsurf  # noqa: PLC0415 (only for --demo)
@@ -257,12 +261,12 @@ class Exporter:
         for make in (ProcessCollector, PlatformCollector, GCCollector):
             make(registry=registry)
         registry.register(ReloadCollector(lambda: self.reload_status))
-        self.poller = Poller(self.config, clocks=Clocks(wall=clock))
+        self.poller = Poller(self.config, clocks=Clocks(wall=clock), on_published=self._published)
         self.app = App(
             collector=Collector(registry),
             snapshot=lambda: self.poller.snapshot,
             clock=clock,
-            ready=self.poller.ready,
+            ready=self._rendered,
             reload=self.reload,
             config_summary=self.summary,
             telemetry_path=args.telemetry_path,
@@ -272,6 +276,26 @@ class Exporter:
             max_requests=args.max_requests,
         )
         self.server: Server | None = None
+
+    def _published(self, published: Published) -> None:
+        """Log the poll, then render its Snapshot in the poll's thread, not the next scrape's."""
+        log_published(published)
+        # Polls publishing at once: the Snapshot is read under the lock, so the last one
+        # prepared is the newest, and the next poll's render reuses this one's pieces.
+        with self._preparing:
+            # A render makes millions of small objects that live until the next one: the
+            # cyclic GC would walk them again and again (a quarter of the render's time).
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                self.app.collector.prepare(self.poller.snapshot, self.clock())
+            except Exception:  # a scrape renders it again, and says so
+                log.exception("rendering the new data failed")
+            finally:
+                if collecting:
+                    gc.enable()
+            if self.poller.ready.is_set():
+                self._rendered.set()
 
     def summary(self) -> dict[str, Any]:
         return self.config.redacted()

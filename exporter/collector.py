@@ -238,7 +238,8 @@ def poll_requests(config: Config) -> int:
 
 @dataclass
 class _Static:
-    """The static part of the exposition for one snapshot, format and liveness of its targets."""
+    """The static part of the exposition for one snapshot, format and liveness of its
+    targets, compressed."""
 
     snapshot: Snapshot
     live: tuple[bool, ...]
@@ -271,6 +272,8 @@ class Collector:
         self._rendered: dict[str, _Cached] = {}
         self._parts: dict[str, Mapping[Hashable, Any]] = {}
         self._static: dict[bool, _Static] = {}
+        # Each static piece's deflate blocks by its id, shared by both formats' bodies.
+        self._deflated: dict[int, tuple[bytes, bytes]] = {}
         self._lock = threading.Lock()
         self._build = (
             f"{BUILD.name}"
@@ -278,10 +281,16 @@ class Collector:
             " 1\n"
         )
 
-    def render(
-        self, snapshot: Snapshot, now: float, openmetrics: bool = False, gzip: bool = False
-    ) -> bytes:
-        """The whole exposition at time `now`, gzip-compressed when asked."""
+    def prepare(self, snapshot: Snapshot, now: float) -> None:
+        """Render what `snapshot` shows at `now` that only a new poll changes, in both formats
+        and gzip-compressed, so the poll's thread pays for it rather than the next scrape
+        (the poller calls it on each published Snapshot)."""
+        for openmetrics in (False, True):
+            self._static_now(snapshot, now, openmetrics)
+
+    def _static_now(
+        self, snapshot: Snapshot, now: float, openmetrics: bool
+    ) -> tuple[list[Rendered], _Static]:
         config = snapshot.config
         live = tuple(is_live(s, now, config.poll.max_staleness) for s in snapshot.states)
         reports = tuple(
@@ -290,7 +299,13 @@ class Collector:
             if ok and s.report is not None
         )
         rendered = [self._render_source(source, config, reports) for source in SOURCES]
-        static = self._static_part(snapshot, live, rendered, openmetrics)
+        return rendered, self._static_part(snapshot, live, rendered, openmetrics)
+
+    def render(
+        self, snapshot: Snapshot, now: float, openmetrics: bool = False, gzip: bool = False
+    ) -> bytes:
+        """The whole exposition at time `now`, gzip-compressed when asked."""
+        rendered, static = self._static_now(snapshot, now, openmetrics)
         dynamic = utf8(
             _rate_limited(snapshot, now, openmetrics)
             + self._dynamic_part(rendered, now, openmetrics)
@@ -345,10 +360,14 @@ class Collector:
         for source, lines in zip(SOURCES, rendered, strict=True):
             for family in source.families:
                 chunk = lines.static.get(family, b"")
-                pieces.extend(family_lines(family.header(openmetrics).encode(), [chunk]))
-        static = _Static(snapshot=snapshot, live=live, body=StaticBody(pieces))
+                ours = [chunk] if isinstance(chunk, bytes) else list(chunk)
+                pieces.extend(family_lines(family.header(openmetrics).encode(), ours))
+        static = _Static(snapshot, live, StaticBody(pieces, self._deflated))
         with self._lock:
             self._static[openmetrics] = static
+            # Only the pieces of the bodies in use keep their compressed blocks.
+            used = {id(p) for s in self._static.values() for p in s.body.pieces}
+            self._deflated = {k: v for k, v in self._deflated.items() if k in used}
         return static
 
     def _dynamic_part(self, rendered: list[Rendered], now: float, openmetrics: bool) -> str:

@@ -4,10 +4,10 @@ compressed once. Nothing here knows about Windsurf."""
 
 from __future__ import annotations
 
-import threading
+import struct
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AnyStr
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -67,44 +67,59 @@ def family_lines(header: AnyStr, chunks: list[AnyStr]) -> list[AnyStr]:
 class Ages:
     """Lines whose value is `now - t` at scrape time, clamped at 0 so clock skew reads as 0.
 
-    Kept as [text before the value, a slot for it, newline] per line: a scrape only formats the
-    numbers into a copy and joins it, the hot loop of every scrape.
+    Kept as one %-template of all the lines and their times: a scrape formats the numbers into
+    it in one call, the hot loop of every scrape, and the lines cost one string, not one each.
     """
 
-    __slots__ = ("_parts", "_times")
+    __slots__ = ("_template", "_times")
 
     def __init__(self, lines: Iterable[tuple[str, float]]) -> None:
-        self._parts: list[str] = []
+        prefixes: list[str] = []
         self._times: list[float] = []
         for prefix, t in lines:
-            self._parts += (prefix, "", "\n")
+            prefixes.append(prefix.replace("%", "%%"))
             self._times.append(t)
+        self._template = "".join([f"{prefix}%.3f\n" for prefix in prefixes])
 
     def render(self, now: float) -> str:
-        parts = self._parts.copy()  # scrapes may run concurrently: each fills its own copy
-        parts[1::3] = [f"{now - t if t < now else 0.0:.3f}" for t in self._times]
-        return "".join(parts)
+        return self._template % tuple([now - t if t < now else 0.0 for t in self._times])
 
 
-@dataclass
+# A gzip member's header (RFC 1952): deflate, no name, no time, unknown OS.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+def deflated(piece: bytes) -> bytes:
+    """`piece` as raw deflate blocks ending on a byte boundary, not final: such blocks of
+    separately compressed pieces, concatenated, are one valid deflate stream."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
 class StaticBody:
     """The part of a body that only a new poll changes, as pieces (shared, not copied), and
-    once a scrape asks for gzip, the pieces compressed with the compressor's state after them,
-    so each gzip scrape compresses only what follows."""
+    their raw deflate blocks, made once per piece and shared by every body holding the same
+    piece object (`shared`, e.g. both formats): a gzip scrape compresses only what follows."""
 
-    pieces: list[bytes]
-    _gzip: zlib._Compress | None = None
-    _gzip_head: bytes = b""
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    __slots__ = ("_crc", "_deflated", "_size", "pieces")
+
+    def __init__(self, pieces: list[bytes], shared: dict[int, tuple[bytes, bytes]]) -> None:
+        self.pieces = pieces
+        self._deflated: list[bytes] = []
+        self._crc = 0
+        self._size = 0
+        for piece in pieces:
+            if id(piece) not in shared:  # the piece is kept with it, so its id stays its own
+                shared[id(piece)] = (piece, deflated(piece))
+            self._deflated.append(shared[id(piece)][1])
+            self._crc = zlib.crc32(piece, self._crc)
+            self._size += len(piece)
 
     def body(self, tail: bytes, gzip: bool) -> bytes:
         """The pieces then `tail`, gzip-compressed when asked."""
         if not gzip:
             return b"".join([*self.pieces, tail])
-        with self._lock:
-            if self._gzip is None:
-                self._gzip = zlib.compressobj(1, zlib.DEFLATED, 31)
-                head = [self._gzip.compress(piece) for piece in self.pieces]
-                self._gzip_head = b"".join([*head, self._gzip.flush(zlib.Z_SYNC_FLUSH)])
-            compressor = self._gzip.copy()
-        return self._gzip_head + compressor.compress(tail) + compressor.flush()
+        compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+        end = compressor.compress(tail) + compressor.flush()
+        trailer = struct.pack("<II", zlib.crc32(tail, self._crc), (self._size + len(tail)) % 2**32)
+        return b"".join([_GZIP_HEADER, *self._deflated, end, trailer])

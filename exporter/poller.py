@@ -445,10 +445,13 @@ class Poller:
 
     def _reported(self, result: PollResult) -> bool:
         """Whether the result's failure is a rate-limit wait some line already reported (under
-        the lock); if it is a new one, it is now."""
+        the lock); if it is a new one, it is now. A request the wait held back is never the one
+        to report it: the reply that started the wait is, whichever commits first."""
         failure = result.failure
         if failure is None or not failure.key_wait or failure.retry_after is None:
             return False
+        if failure.held:
+            return True
         if result.finished < self._reported_until:
             return True
         self._reported_until = result.finished + failure.retry_after

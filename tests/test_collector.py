@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.collector import Collector
 from exporter.config import Config, Window
+from exporter.exposition import Ages
 from exporter.sources.team import TEAM
 from exporter.sources.user_page import USER_PAGE, build_report, decode_page
 from exporter.state import Reason, Snapshot, SourceState
@@ -346,6 +347,20 @@ def test_gzip_is_the_same_exposition() -> None:
     assert_gzip_is_the_plain_exposition(fixed_snapshot(), NOW)
 
 
+def test_a_prepared_snapshot_renders_the_same_bytes_from_what_prepare_compressed() -> None:
+    snapshot, prepared = fixed_snapshot(), Collector()
+    prepared.prepare(snapshot, NOW)
+    statics = dict(prepared._static)
+    for openmetrics in (False, True):
+        for gzip_ in (False, True):
+            body = prepared.render(snapshot, NOW + 5, openmetrics=openmetrics, gzip=gzip_)
+            fresh = Collector().render(snapshot, NOW + 5, openmetrics=openmetrics, gzip=gzip_)
+            unpack = gzip.decompress if gzip_ else bytes
+            assert unpack(body) == unpack(fresh)
+    # The scrapes used the compressed static parts prepare made, not new ones.
+    assert prepared._static == statics
+
+
 def test_a_use_later_than_the_scrape_clock_reads_as_age_zero() -> None:
     # Clock skew: at this `now` Alice's autocomplete use (22:56:10Z) is still 7,030 s ahead.
     now = 1728593940.0  # 2024-10-10T20:59:00Z
@@ -406,3 +421,9 @@ def group_series_of(text: str, group: str) -> list[str]:
         for line in text.splitlines()
         if line.startswith(("windsurf_user", "windsurf_group")) and f'group="{group}"' in line
     ]
+
+
+def test_an_age_line_keeps_a_percent_sign_of_its_labels_and_clamps_a_future_time() -> None:
+    ages = Ages([('a{user="100% %s %d"} ', NOW - 1.5), ("b ", NOW + 60)])
+    assert ages.render(NOW) == 'a{user="100% %s %d"} 1.500\nb 0.000\n'
+    assert Ages([]).render(NOW) == ""

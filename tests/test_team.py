@@ -179,6 +179,6 @@ def test_a_new_report_of_one_group_redoes_only_the_pieces_it_changes() -> None:
     third = Parts(second.kept)
     rendered = USER_PAGE.render(config, live, third)
     assert third.kept[("group", "lab")][2] is second.kept[("group", "lab")][2]
-    info = rendered.static[USER_INFO].decode()
+    info = b"".join(rendered.static[USER_INFO]).decode()
     assert 'group="ops",user="bob@example.com"' in info
     assert info.count('groups="eng,ops"') == 2

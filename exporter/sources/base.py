@@ -38,9 +38,10 @@ class Request:
 @dataclass(frozen=True)
 class Rendered:
     """One target's report as exposition lines: per family, the UTF-8 lines that only a new
-    poll changes, and the lines computed at scrape time from `now`."""
+    poll changes (bytes, or pieces of them in order, kept apart so each is compressed once
+    and reused while unchanged), and the lines computed at scrape time from `now`."""
 
-    static: Mapping[Family, bytes] = field(default_factory=dict)
+    static: Mapping[Family, bytes | tuple[bytes, ...]] = field(default_factory=dict)
     dynamic: Mapping[Family, Callable[[float], str]] = field(default_factory=dict)
 
 

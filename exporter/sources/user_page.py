@@ -640,14 +640,14 @@ class _People:
         return name, [*info, ("groups", groups)]
 
     def sig(self, emails: Sequence[str]) -> Hashable:
-        """What these people's lines show besides their stats: their labels."""
+        """What these people's lines show besides their stats: their labels, as a digest
+        (kept until the next rendering: the labels themselves would cost megabytes)."""
         if not self.named:
             return ()
-        out = []
+        digest = hashlib.blake2b()
         for email in emails:
-            name, info = self.info(email)
-            out.append((email, name, *info))
-        return tuple(out)
+            digest.update(repr((email, self.info(email))).encode())
+        return digest.digest()
 
 
 class _Lines:
@@ -657,10 +657,14 @@ class _Lines:
         self._lines: dict[Family, list[str]] = {}
 
     def add(self, family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
-        self._lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}")
+        self._lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}\n")
 
     def static(self) -> dict[Family, bytes]:
-        return {f: utf8("".join([line + "\n" for line in ls])) for f, ls in self._lines.items()}
+        """The lines as UTF-8, each family's list dropped once encoded (a render's peak)."""
+        out = {}
+        for family in list(self._lines):
+            out[family] = utf8("".join(self._lines.pop(family)))
+        return out
 
 
 def _group_piece(group: str, report: GroupReport, people: _People, config: Config) -> Rendered:
@@ -712,13 +716,15 @@ def _seats_piece(
 
 
 def _combine(pieces: Sequence[Rendered]) -> Rendered:
-    """Pieces of one source's lines as one: each family's lines in the order of the pieces."""
-    static: dict[Family, bytes] = {}
+    """Pieces of one source's lines as one: each family's lines in the order of the pieces,
+    kept as the pieces' bytes (not joined: a piece reused by the next rendering is neither
+    copied nor compressed again)."""
+    static: dict[Family, tuple[bytes, ...]] = {}
     dynamic: dict[Family, Callable[[float], str]] = {}
     for family in USER_PAGE.families:
         chunks = [p.static[family] for p in pieces if family in p.static]
         if chunks:
-            static[family] = b"".join(chunks)
+            static[family] = tuple(b for c in chunks for b in ((c,) if isinstance(c, bytes) else c))
         renders = [p.dynamic[family] for p in pieces if family in p.dynamic]
         if renders:
             dynamic[family] = functools.partial(_joined, renders)
