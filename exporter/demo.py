@@ -836,7 +836,8 @@ class FakeWindsurf:
             "signupTime": _rfc3339(self.signup(member)),
             "teamStatus": member.team_status,
             "activeDays": activity.active_days(*window, now),
-            "promptCreditsUsed": str(activity.credits(cycle_start, now)),
+            # promptsUsed is in hundredths of a credit, promptCreditsUsed in whole credits.
+            "promptCreditsUsed": str(activity.credits(cycle_start, now) // 100),
         }
         if member.disabled:
             row["disableCodeium"] = True
