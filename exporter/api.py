@@ -398,7 +398,12 @@ class Client:
                 f"HTTP {status}, the service key was refused (check it has {permission}){said}",
             )
         if status == 404:
-            return ApiError(Reason.NOT_FOUND, f"HTTP 404, group not found{said}")
+            # Not only groups: a billing method or a path the server does not serve is a 404 too.
+            return ApiError(
+                Reason.NOT_FOUND,
+                f"HTTP 404, not found (a group the team does not have, or a method this URL does"
+                f" not serve){said}",
+            )
         retry_after = parse_retry_after(response.headers.get("retry-after"), self._clocks.wall())
         if status == 429:
             return ApiError(

@@ -105,6 +105,14 @@ def test_status_codes_map_to_reasons(status: int, reason: Reason) -> None:
     assert caught.value.reason is reason
 
 
+def test_a_404_does_not_blame_a_group_a_method_may_have_answered() -> None:
+    with pytest.raises(ApiError) as caught:
+        client(lambda r: reply(404, {}), retries=0).call(page_request("g"), decode_page)
+    assert str(caught.value) == (
+        "HTTP 404, not found (a group the team does not have, or a method this URL does not serve)"
+    )
+
+
 @pytest.mark.parametrize(
     ("response", "reason"),
     [
