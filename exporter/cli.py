@@ -229,6 +229,16 @@ def _announce(message: str, config: Config, **fields: Any) -> None:
     log.info(message, extra={**fields, "config": to_yaml(config.redacted(), one_line=True)})
 
 
+def secrets_of(config: Config) -> list[str]:
+    """What the log formatter must redact: the service key and the hash salt (a value under
+    4 characters is left out: redacting it would mangle ordinary text)."""
+    return [
+        s
+        for s in (config.api.service_key.reveal(), config.labels.hash_salt.reveal())
+        if len(s) >= 4
+    ]
+
+
 class Exporter:
     """The running exporter: config, fake API (in demo mode), poller and web server."""
 
@@ -301,12 +311,7 @@ class Exporter:
         return self.config.redacted()
 
     def secrets(self) -> list[str]:
-        config = self.config
-        return [
-            s
-            for s in (config.api.service_key.reveal(), config.labels.hash_salt.reveal())
-            if len(s) >= 4
-        ]
+        return secrets_of(self.config)
 
     def load(self) -> Config:
         path = self.args.config_file
@@ -446,7 +451,7 @@ def _whois(argv: Sequence[str]) -> int:
     except ConfigError as err:
         print(f"windsurf-exporter whois: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    secrets = [s for s in (config.api.service_key.reveal(),) if s]
+    secrets = secrets_of(config)
     setup_logging("warn", "logfmt", lambda: secrets)
     client = Client(config.api)
     try:
