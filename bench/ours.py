@@ -5,8 +5,8 @@ bench/run.py with the same protocol as bench/baseline.py:
 
     python bench/ours.py --config.file config.yaml
 
-It prints `{"listen": url}` once serving, then `{"group": g, "seconds": s}` per polled group,
-and exits when stdin closes.
+It prints `{"listen": url}` once serving, then `{"source": s, "group": g, "seconds": s}` per
+polled target, and exits when stdin closes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from exporter.sources import Request
 T = TypeVar("T")
 # Each group is polled in a thread of its own, so the probe keeps its clock per thread.
 _probe = threading.local()
+_printing = threading.Lock()  # polls publish from several threads: one line at a time
 
 
 class TimedClient(Client):
@@ -63,8 +64,10 @@ def report(published: Published, rendered: float) -> None:
     spent = getattr(_probe, "spent", 0.0) + time.perf_counter() - parsed
     _probe.spent = 0.0
     failure = published.result.failure
-    line = {"group": published.after.name, "seconds": spent, "render": rendered}
-    print(json.dumps(line if failure is None else {**line, "error": str(failure)}), flush=True)
+    after = published.after
+    line = {"source": after.source, "group": after.name, "seconds": spent, "render": rendered}
+    with _printing:
+        print(json.dumps(line if failure is None else {**line, "error": str(failure)}), flush=True)
 
 
 def probed(config: Config, clocks: Clocks, on_published: Callable[[Published], None]) -> Poller:

@@ -3,16 +3,21 @@
     uv run python bench/run.py                       # 1k, 10k, 20k and 50k users
     uv run python bench/run.py --quick               # 1k and 10k users, fewer scrapes
     uv run python bench/run.py --sizes 1000,10000,50000
-    uv run python bench/run.py --sizes 20000 --exporters ours,ours+team,floor
+    uv run python bench/run.py --sizes 20000 --exporters ours,ours+team,ours+all,floor
 
 For each team size it serves a synthetic team over 10 groups from the demo's fake API, then runs
-each exporter (bench/ours.py, without and with the team poll; bench/baseline.py with Gauges, and
-with a custom collector of GaugeMetricFamily rendered by generate_latest; bench/floor.py, which
-only sends ours' last gzip body from memory) in a process of its own against it and measures:
-the time from upstream response to data ready to scrape for the first poll (for ours, rendered
-in the poll's thread; how much of it is shown apart), the first scrape after the polls and the
-median /metrics scrape as Prometheus asks for it (gzip; text and OpenMetrics Accept headers),
-and the peak RSS. Numbers are only comparable within one run on one machine, hence the ratios.
+each exporter in a process of its own against it: bench/ours.py with the group polls only
+(`ours`, as the baselines poll), with the team poll (`ours+team`), with the Cascade source
+(`ours+cascade`), and with both as a default config runs (`ours+all`); bench/baseline.py with
+Gauges, and with a custom collector of GaugeMetricFamily rendered by generate_latest;
+bench/floor.py, which only sends ours' last gzip body from memory. It measures: the time from
+upstream response to data ready to scrape for the first poll (for ours, rendered in the poll's
+thread; how much of it is shown apart), the first scrape after the polls, the median /metrics
+scrape as Prometheus asks for it (gzip; text and OpenMetrics Accept headers) both to the last
+byte and to the last byte gunzipped (Prometheus reads the body through a gzip reader inside its
+scrape, so its scrape_duration_seconds includes that), the resident memory after the first poll
+and one gzip scrape, and the peak RSS. Numbers are only comparable within one run on one
+machine, hence the ratios.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -51,9 +57,15 @@ ACCEPT = {
     "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
 }
 OURS = [str(HERE / "ours.py"), "--web.listen-address", "127.0.0.1:0", "--log.level", "warn"]
+# Ours with which sources: (team poll, Cascade). `ours+all` is what a default config polls.
+VARIANTS = {
+    "ours": (False, False),
+    "ours+team": (True, False),
+    "ours+cascade": (False, True),
+    "ours+all": (True, True),
+}
 EXPORTERS = {
-    "ours": OURS,
-    "ours+team": OURS,  # with the team poll (`team: true`): the groups join the team's rows
+    **{name: OURS for name in VARIANTS},
     "floor": [str(HERE / "floor.py"), "--body"],  # + the body ours served last, from memory
     "baseline": [str(HERE / "baseline.py")],
     "collector": [str(HERE / "baseline.py"), "--style", "collector"],
@@ -71,17 +83,22 @@ class Result:
     render_seconds: float = 0.0  # of which rendering it (ours renders in the poll's thread)
     cold_ms: float = 0.0  # the first scrape after the poll
     scrapes: dict[str, list[float]] = field(default_factory=dict)  # format -> ms, in order
+    gunzip: dict[str, list[float]] = field(default_factory=dict)  # format -> ms, the same + gunzip
+    rss_mb: float = 0.0  # resident after the first poll and one gzip scrape
     peak_rss_mb: float = 0.0
 
     def median(self, fmt: str, part: slice = slice(None)) -> float:
         return statistics.median(self.scrapes[fmt][part])
 
+    def median_gunzip(self, fmt: str) -> float:
+        return statistics.median(self.gunzip[fmt])
 
-def config_file(directory: Path, url: str, team: bool = False) -> Path:
+
+def config_file(directory: Path, url: str, team: bool = False, cascade: bool = False) -> Path:
     """The config the exporters read: every group, polled once, one group at a time."""
     key = directory / "service-key"
     key.write_text(DEMO_SERVICE_KEY)
-    path = directory / f"config{'-team' if team else ''}.yaml"
+    path = directory / f"config-{int(team)}{int(cascade)}.yaml"
     raw = {
         "api": {"url": url, "service_key_file": str(key), "timeout": "5m"},
         # One poll at start-up and none during the scrapes; one group at a time, so a group's
@@ -91,6 +108,7 @@ def config_file(directory: Path, url: str, team: bool = False) -> Path:
         "active_days_windows": ["7d", "30d"],
         # Per-group polls, as the baselines make them; or the team poll, which ours may add.
         "team": team,
+        "collectors": {"cascade": {"enabled": cascade}},
     }
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -139,8 +157,9 @@ def next_line(lines: queue.Queue[dict[str, Any] | None], timeout: float) -> dict
     return line
 
 
-def scrape(url: str, fmt: str) -> tuple[float, bytes]:
-    """One /metrics request as Prometheus makes it: ms until the last byte, and the gzip body."""
+def scrape(url: str, fmt: str) -> tuple[float, float, bytes]:
+    """One /metrics request as Prometheus makes it: ms until the last byte, ms until it is also
+    gunzipped (as Prometheus' scrape reads it), and the gzip body."""
     parsed = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port, timeout=600)
     try:
@@ -149,18 +168,36 @@ def scrape(url: str, fmt: str) -> tuple[float, bytes]:
         response = conn.getresponse()
         body = response.read()
         elapsed = (time.perf_counter() - started) * 1000
+        if response.status == 200:
+            zlib.decompress(body, 31)
+        gunzipped = (time.perf_counter() - started) * 1000
     finally:
         conn.close()
     if response.status != 200 or response.getheader("Content-Encoding") != "gzip":
         raise SystemExit(f"{url}: HTTP {response.status}, {response.getheader('Content-Encoding')}")
-    return elapsed, body
+    return elapsed, gunzipped, body
 
 
-def peak_rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak (VmHWM) or current (VmRSS) resident memory."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def expected(name: str) -> set[tuple[str, str]]:
+    """The (source, target) polls an exporter reports before it is measured."""
+    if name == "floor":
+        return set()
+    team, cascade = VARIANTS.get(name, (False, False))
+    groups = {("user_page", g) for g in GROUPS}
+    if not name.startswith("ours"):
+        return {("", g) for g in GROUPS}  # the baselines name no source
+    targets = groups | ({("team", "")} if team else set())
+    if cascade:
+        targets |= {("cascade", g) for g in GROUPS} | ({("cascade", "")} if team else set())
+    return targets
 
 
 def measure(
@@ -169,12 +206,14 @@ def measure(
     """Start one exporter, wait for its poll, scrape it `rounds` times (both formats each round;
     fewer once `budget` seconds are spent, but at least HISTORY), and read its peak RSS; and
     the last (OpenMetrics) body it served."""
-    result = Result(name, users, scrapes={fmt: [] for fmt in ACCEPT})
+    result = Result(
+        name, users, scrapes={fmt: [] for fmt in ACCEPT}, gunzip={f: [] for f in ACCEPT}
+    )
     command = [*EXPORTERS[name], str(floor_body)] if name == "floor" else EXPORTERS[name]
-    targets: set[str] = {"floor": set(), "ours+team": {*GROUPS, ""}}.get(name, set(GROUPS))
+    targets = expected(name)
     with exporter_process(command, config) as (proc, lines):
         url = ""
-        polled: set[str] = set()
+        polled: set[tuple[str, str]] = set()
         while not url or polled < targets:
             line = next_line(lines, timeout=1800)
             if "error" in line:
@@ -182,19 +221,21 @@ def measure(
             if "listen" in line:
                 url = line["listen"]
             else:
-                polled.add(line["group"])
+                polled.add((line.get("source", ""), line["group"]))
                 result.poll_seconds += line["seconds"]
                 result.render_seconds += line.get("render", 0.0)
-        result.cold_ms, _ = scrape(url, "text")
+        result.cold_ms, _, _ = scrape(url, "text")
+        result.rss_mb = rss_mb(proc.pid, "VmRSS")
         scrape(url, "openmetrics")
         started = time.monotonic()
         for done in range(rounds):
             for fmt, times in result.scrapes.items():
-                elapsed, body = scrape(url, fmt)
+                elapsed, gunzipped, body = scrape(url, fmt)
                 times.append(elapsed)
+                result.gunzip[fmt].append(gunzipped)
             if done + 1 >= HISTORY and time.monotonic() - started > budget:
                 break
-        result.peak_rss_mb = peak_rss_mb(proc.pid)
+        result.peak_rss_mb = rss_mb(proc.pid)
     text = gzip.decompress(body).decode()
     result.gzip_bytes = len(body)
     result.series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
@@ -221,16 +262,18 @@ def machine() -> str:
 def table(results: list[Result]) -> str:
     header = (
         "| users | exporter | series | gzip MB | scrape text ms | scrape OpenMetrics ms"
-        " | first scrape ms | poll -> data s (render) | peak RSS MB |"
+        " | OpenMetrics + gunzip ms | first scrape ms | poll -> data s (render)"
+        " | RSS after MB | peak RSS MB |"
     )
-    rows = [header, "|---" * 9 + "|"]
+    rows = [header, "|---" * 11 + "|"]
     for r in results:
         n = len(r.scrapes["text"])
         rows.append(
             f"| {r.users:,} | {r.exporter} | {r.series:,} | {r.gzip_bytes / 1e6:.1f}"
             f" | {r.median('text'):.1f} (n={n}) | {r.median('openmetrics'):.1f}"
-            f" | {r.cold_ms:.0f} | {r.poll_seconds:.2f} ({r.render_seconds:.2f})"
-            f" | {r.peak_rss_mb:.0f} |"
+            f" | {r.median_gunzip('openmetrics'):.1f} | {r.cold_ms:.0f}"
+            f" | {r.poll_seconds:.2f} ({r.render_seconds:.2f})"
+            f" | {r.rss_mb:.0f} | {r.peak_rss_mb:.0f} |"
         )
     return "\n".join(rows)
 
@@ -248,22 +291,25 @@ def ratios(results: list[Result]) -> str:
                 f"{users:>6,} users, vs {name}: scrape"
                 f" {base.median('text') / ours.median('text'):.0f}x faster (text),"
                 f" {base.median('openmetrics') / ours.median('openmetrics'):.0f}x (OpenMetrics);"
-                f" peak RSS {ours.peak_rss_mb / base.peak_rss_mb:.2f} of its;"
+                f" RSS after {ours.rss_mb / base.rss_mb:.2f} of its,"
+                f" peak {ours.peak_rss_mb / base.peak_rss_mb:.2f};"
                 f" poll -> data {base.poll_seconds / ours.poll_seconds:.1f}x faster"
             )
     for users in sorted({r.users for r in results}):
         floor = by.get((users, "floor"))
-        for name in ("ours", "ours+team"):
+        for name in VARIANTS:
             ours = by.get((users, name))
             if ours is None:
                 continue
             warm = ours.median("text")
+            gunzip = "openmetrics"
             lines.append(
                 f"{users:>6,} users, {name}: first scrape {ours.cold_ms / warm:.2f}x a warm one"
                 + (
                     f"; warm scrape {warm / floor.median('text'):.2f}x the floor (text),"
                     f" {ours.median('openmetrics') / floor.median('openmetrics'):.2f}x"
-                    " (OpenMetrics)"
+                    " (OpenMetrics), with gunzip"
+                    f" {ours.median_gunzip(gunzip) / floor.median_gunzip(gunzip):.2f}x"
                     if floor is not None
                     else ""
                 )
@@ -273,7 +319,7 @@ def ratios(results: list[Result]) -> str:
         if r.exporter.startswith("ours") and n >= 2 * HISTORY:
             first, last = slice(0, HISTORY), slice(n - HISTORY, n)
             lines.append(
-                f"{r.users:>6,} users, ours: median scrape of rounds 1-{HISTORY} vs"
+                f"{r.users:>6,} users, {r.exporter}: median scrape of rounds 1-{HISTORY} vs"
                 f" {n - HISTORY + 1}-{n}: text {r.median('text', first):.1f} vs"
                 f" {r.median('text', last):.1f} ms, OpenMetrics"
                 f" {r.median('openmetrics', first):.1f} vs {r.median('openmetrics', last):.1f} ms"
@@ -303,7 +349,8 @@ def main() -> None:
             with FakeWindsurf(team=synthetic_team(users, groups=GROUPS)) as fake:
                 for name in args.exporters.split(","):
                     print(f"{users:,} users: {name}...", file=sys.stderr, flush=True)
-                    config = config_file(Path(tmp), fake.url, team=name == "ours+team")
+                    team, cascade = VARIANTS.get(name, (False, False))
+                    config = config_file(Path(tmp), fake.url, team=team, cascade=cascade)
                     limit = float("inf") if name.startswith("ours") else budget
                     result, served = measure(name, users, config, rounds, limit, body)
                     if name == "ours":
