@@ -17,9 +17,11 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from exporter.config import Config, Limits, Window
-from exporter.exposition import Ages, Family, labels, number, utf8
+from exporter.exposition import Ages, Family, escape, labels, number, utf8
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.values import (
     bool_field,
@@ -357,28 +359,28 @@ def user_labels(
     """
     mode = config.labels.user
     salt = config.labels.hash_salt.reveal()
-    if mode == "email":
-        values = [u.email for u in users]
-    else:
-        values = [user_hash(u.email, salt) if mode == "hash" else u.name for u in users]
+    values = [_value(u, mode, salt) for u in users]
     names = distinct(values, [u.email for u in users], salt)
+    return [(name, _info(u, mode)) for name, u in zip(names, users, strict=True)]
+
+
+def _value(user: UserStats, mode: str, salt: str) -> str:
+    """What labels `user` in `mode` before `distinct`: the email, its hash, or the name."""
+    if mode == "email":
+        return user.email
+    return user_hash(user.email, salt) if mode == "hash" else user.name
+
+
+def _info(user: UserStats, mode: str) -> list[tuple[str, str]]:
+    """The info labels `user` has in `mode`: names and emails only in `email` mode."""
     if mode == "email":
         return [
-            (
-                name,
-                [
-                    ("name", u.name),
-                    ("email", u.email),
-                    ("role", u.role),
-                    ("team_status", u.team_status),
-                ],
-            )
-            for name, u in zip(names, users, strict=True)
+            ("name", user.name),
+            ("email", user.email),
+            ("role", user.role),
+            ("team_status", user.team_status),
         ]
-    return [
-        (name, [("role", u.role), ("team_status", u.team_status)])
-        for name, u in zip(names, users, strict=True)
-    ]
+    return [("role", user.role), ("team_status", user.team_status)]
 
 
 def distinct(values: Sequence[str], emails: Sequence[str], salt: str) -> list[str]:
@@ -386,15 +388,23 @@ def distinct(values: Sequence[str], emails: Sequence[str], salt: str) -> list[st
     mistaken for a suffixed one gets ` #` and 8 hex digits of the user's salted email hash,
     independent of the order of the rows; where those collide too, all 64. Emails are distinct."""
     taken = Counter(values)
-    out = [
-        f"{v} #{_digest(salt + e)[:8]}".lstrip() if taken[v] > 1 or _suffixed(v) else v
-        for v, e in zip(values, emails, strict=True)
-    ]
+    out = [_tagged(v, e, salt, taken[v] > 1) for v, e in zip(values, emails, strict=True)]
     again = Counter(out)
     return [
-        f"{v} #{_digest(salt + e)}".lstrip() if again[o] > 1 else o
-        for v, e, o in zip(values, emails, out, strict=True)
+        _retagged(v, e, o, salt, again[o] > 1) for v, e, o in zip(values, emails, out, strict=True)
     ]
+
+
+def _tagged(value: str, email: str, salt: str, repeated: bool) -> str:
+    """`distinct`'s first pass for one value."""
+    if repeated or _suffixed(value):
+        return f"{value} #{_digest(salt + email)[:8]}".lstrip()
+    return value
+
+
+def _retagged(value: str, email: str, tagged: str, salt: str, repeated: bool) -> str:
+    """`distinct`'s second pass for one value: `tagged` unless the first pass repeated it."""
+    return f"{value} #{_digest(salt + email)}".lstrip() if repeated else tagged
 
 
 def _suffixed(value: str) -> bool:
@@ -593,61 +603,261 @@ def render_groups(
     a person of the team in no group gets group="". Per-user values come from the team's rows
     when the team is live (every window), else from each group's own rows.
 
-    A group's lines are redone only when its report, the team's, the config or its members'
-    labels (their groups included) changed; so is the group-less rest of the team's.
+    A new report equal to the one before counts as that one. A group's series are redone only
+    when its report, the team's or the config changed, or its members' `user` labels did; its
+    info series, when its members' info labels (their groups included) did; so is the
+    group-less rest of the team's. The people and their labels are kept from rendering to
+    rendering (see `_People`), so a publish costs what changed, not the whole team.
     """
-    people = _People(groups, team, config)
+    people = parts.get(("people",), (config,), (), functools.partial(_People, config))
     pieces = []
-    for group, report in groups:
-        members = [u.email.lower() for u in report.users]
-        make = functools.partial(_group_piece, group, report, people, config)
-        pieces.append(
-            parts.get(("group", group), (report, team, config), people.sig(members), make)
-        )
-    if config.per_user and team is not None and people.complete:
-        rest = [e for e in people.stats if e not in people.member_of]
-        make = functools.partial(_seats_piece, "", rest, people, config)
-        pieces.append(parts.get(("no group",), (team, config), people.sig(rest), make))
+    with people.lock:  # renderings may run at once (a poll's and a scrape's); they take turns
+        groups, team = people.sync(groups, team)
+        for group, report in groups:
+            same = (report, team, config)
+            make = functools.partial(_group_piece, group, report, people, config)
+            pieces.append(parts.get(("group", group), same, people.version(("group", group)), make))
+            if config.per_user:
+                info = ("info", group)
+                make = functools.partial(_info_piece, group, report, people)
+                pieces.append(parts.get(info, same, people.version(info), make))
+        if config.per_user and team is not None and people.complete(config):
+            rest = ("no group",)
+            make = functools.partial(_rest_piece, people)
+            pieces.append(parts.get(rest, (team, config), people.version(rest), make))
     return _combine(pieces)
+
+
+_VERSIONS = itertools.count()  # unique across _People objects: a version names one state
+
+
+class _Person:
+    """One person's labels and what they were made from."""
+
+    __slots__ = ("groups", "name", "out", "row", "value")
+
+    def __init__(self, row: UserStats, groups: str, value: str) -> None:
+        self.row = row  # the row naming them: the team's, else their first group's
+        self.groups = groups  # their `groups` label
+        self.value = value  # what labels them before `distinct`
+        self.out = ""  # after `distinct`'s first pass
+        self.name = ""  # their `user` label
 
 
 class _People:
     """Everyone of the live groups and the team, by lower-cased email (emails differ in case
-    between replies): their stats (the team's row, else their first group's), the groups they
-    are in, and their labels, named across the whole team so a person has one label."""
+    between replies): the team's rows, the groups each is in, and their labels, named across
+    the whole team so a person has one label. Kept from rendering to rendering under one
+    config and brought up to date by `sync` at the cost of the reports that changed; each
+    piece's labels have a version, bumped whenever a label its lines show changes."""
 
-    def __init__(
-        self, groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None, config: Config
-    ) -> None:
-        self.team = {u.email.lower(): u for u in team.users} if team else {}
-        self.stats = dict(self.team)
-        self.member_of: dict[str, list[str]] = {}
-        for group, report in groups:
-            for user in report.users:
-                self.member_of.setdefault(user.email.lower(), []).append(group)
-                self.stats.setdefault(user.email.lower(), user)
-        # Who is in no group is known only when every configured group's members are.
-        self.complete = {g for g, _ in groups} == set(USER_PAGE.targets(config))
-        self.named: dict[str, tuple[str, list[tuple[str, str]]]] = {}
-        if config.per_user:  # labels only name per-user series
-            labelled = user_labels(list(self.stats.values()), config)
-            self.named = dict(zip(self.stats, labelled, strict=True))
+    def __init__(self, config: Config) -> None:
+        self.lock = threading.Lock()
+        self.per_user = config.per_user
+        self.mode = config.labels.user
+        self.salt = config.labels.hash_salt.reveal()
+        self.reports: dict[str, GroupReport] = {}
+        self.team_report: GroupReport | None = None
+        self.team: dict[str, UserStats] = {}  # its last row of each person
+        # Only with per_user, where labels are shown:
+        self.firsts: dict[str, dict[str, UserStats]] = {}  # group -> person -> first row
+        self.member_of: dict[str, list[str]] = {}  # a group once per row of the person
+        self.order: dict[str, int] = {}  # the live groups' positions
+        self.people: dict[str, _Person] = {}
+        self.taken: Counter[str] = Counter()  # values, as `distinct` counts them
+        self.again: Counter[str] = Counter()  # first-pass labels, likewise
+        self.versions: dict[Hashable, int] = {}
 
-    def info(self, email: str) -> tuple[str, list[tuple[str, str]]]:
-        """A person's `user` label and info labels, `groups` last."""
-        name, info = self.named[email]
-        groups = ",".join(sorted(g for g in self.member_of.get(email, ()) if g))
-        return name, [*info, ("groups", groups)]
+    def version(self, piece: Hashable) -> int:
+        return self.versions.setdefault(piece, next(_VERSIONS))
 
-    def sig(self, emails: Sequence[str]) -> Hashable:
-        """What these people's lines show besides their stats: their labels, as a digest
-        (kept until the next rendering: the labels themselves would cost megabytes)."""
-        if not self.named:
+    def _bump(self, piece: Hashable) -> None:
+        self.versions[piece] = next(_VERSIONS)
+
+    def complete(self, config: Config) -> bool:
+        """Who is in no group is known only when every configured group's members are."""
+        return set(self.order) == set(USER_PAGE.targets(config))
+
+    def rest(self) -> list[str]:
+        """The team's people in no live group."""
+        return [p for p in self.team if p not in self.member_of]
+
+    def sync(
+        self, groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None
+    ) -> tuple[list[tuple[str, GroupReport]], GroupReport | None]:
+        """Take in the live reports; returns them with each report equal to the one before
+        replaced by that one, so the pieces made from it are kept."""
+        touched: set[str] = set()
+        team = self._sync_team(team, touched)
+        order = {g: i for i, (g, _) in enumerate(groups)}
+        for gone in [g for g in self.reports if g not in order]:
+            self._set_group(gone, None, touched)
+        live = [(g, self._sync_group(g, report, touched)) for g, report in groups]
+        if [g for g in self.order if g in order] != [g for g in order if g in self.order]:
+            # Whose row names them (their first group's) may change.
+            touched.update(p for p, gs in self.member_of.items() if len(gs) > 1)
+        self.order = order
+        if self.per_user:
+            self._relabel(touched)
+        return live, team
+
+    def _sync_team(self, team: GroupReport | None, touched: set[str]) -> GroupReport | None:
+        old = self.team_report
+        if team is old or (team is not None and old is not None and team == old):
+            return old
+        self.team_report = team
+        self._bump(("no group",))
+        rows = {u.email.lower(): u for u in team.users} if team else {}
+        if self.per_user:
+            touched.update(self.team)
+            touched.update(rows)
+        self.team = rows
+        return team
+
+    def _sync_group(self, group: str, report: GroupReport, touched: set[str]) -> GroupReport:
+        old = self.reports.get(group)
+        if old is not None and (report is old or report == old):
+            return old
+        self._set_group(group, report, touched)
+        return report
+
+    def _set_group(self, group: str, report: GroupReport | None, touched: set[str]) -> None:
+        """A group's new report (None: no longer live); its old and new members are
+        `touched`."""
+        self._bump(("group", group))
+        self._bump(("info", group))
+        if report is None:
+            del self.reports[group]
+        else:
+            self.reports[group] = report
+        if not self.per_user:
+            return
+        old = self.firsts.pop(group, {})
+        for person in old:
+            left = [g for g in self.member_of[person] if g != group]
+            if left:
+                self.member_of[person] = left
+            else:
+                del self.member_of[person]
+        touched.update(old)
+        if report is None:
+            return
+        firsts: dict[str, UserStats] = {}
+        for user in report.users:
+            person = user.email.lower()
+            firsts.setdefault(person, user)
+            self.member_of.setdefault(person, []).append(group)
+        self.firsts[group] = firsts
+        touched.update(firsts)
+
+    def _row(self, person: str) -> UserStats | None:
+        """The row naming `person`: the team's, else their first live group's; None: gone."""
+        row = self.team.get(person)
+        groups = self.member_of.get(person)
+        if row is None and groups:
+            row = self.firsts[min(groups, key=self.order.__getitem__)][person]
+        return row
+
+    def _shown(self, person: str) -> tuple[str, ...]:
+        """What `person`'s lines show of them: their `user` label and info labels."""
+        who = self.people.get(person)
+        if who is None:
             return ()
-        digest = hashlib.blake2b()
-        for email in emails:
-            digest.update(repr((email, self.info(email))).encode())
-        return digest.digest()
+        return (who.name, who.groups, *(v for _, v in _info(who.row, self.mode)))
+
+    def _relabel(self, touched: set[str]) -> None:
+        """Bring the `touched` people's labels up to date (and whoever's `distinct` makes
+        depend on theirs), and bump the versions of the pieces showing a changed one."""
+        before = {p: self._shown(p) for p in touched if p in self.people}
+        old: dict[str, tuple[str, str] | None] = {}  # whose value changed: its value and out
+        for person in touched:
+            row = self._row(person)
+            who = self.people.get(person)
+            if row is None:
+                if who is not None:
+                    old[person] = (who.value, who.out)
+                    del self.people[person]
+                continue
+            same_email = who is not None and who.row.email == row.email
+            if who is not None and same_email and self.mode == "hash":
+                value = who.value  # spares a hash: it is the email's
+            else:
+                value = _value(row, self.mode, self.salt)
+            groups = self.member_of.get(person, ())
+            label = sys.intern(",".join(sorted(g for g in groups if g))) if groups else ""
+            if who is None:
+                self.people[person] = _Person(row, label, value)
+                old[person] = None
+                continue
+            if not same_email or value != who.value:
+                old[person] = (who.value, who.out)
+            who.row, who.groups, who.value = row, label, value
+        renamed = self._rename(old)
+        shown = renamed.union(p for p, was in before.items() if self._shown(p) != was)
+        infos: set[str] = set()
+        seats: set[str] = set()
+        for person in shown:
+            groups = self.member_of.get(person, ())
+            infos.update(groups)
+            if person in renamed:
+                seats.update(groups)
+        for group in infos:
+            self._bump(("info", group))
+        for group in seats:
+            self._bump(("group", group))
+        if not self.team.keys().isdisjoint(shown):
+            self._bump(("no group",))
+
+    def _rename(self, old: Mapping[str, tuple[str, str] | None]) -> set[str]:
+        """`distinct` again where the values of the people in `old` changed (None: new): for
+        them, and for whoever's value or first-pass label repeats differently because of
+        them. Returns who got another `user` label, or lost theirs."""
+        people = self.people
+        firsts = [p for p in old if p in people]
+        flipped = _recount(
+            self.taken, [w[0] for w in old.values() if w], [people[p].value for p in firsts]
+        )
+        if flipped:
+            firsts += [p for p, w in people.items() if w.value in flipped and p not in old]
+        gone = [w[1] for w in old.values() if w]
+        gone += [people[p].out for p in firsts if p not in old]
+        for person in firsts:
+            who = people[person]
+            who.out = _tagged(who.value, who.row.email, self.salt, self.taken[who.value] > 1)
+        seconds = set(firsts)
+        flipped = _recount(self.again, gone, [people[p].out for p in firsts])
+        if flipped:
+            seconds.update(p for p, w in people.items() if w.out in flipped)
+        renamed = {p for p, was in old.items() if was is None or p not in people}
+        for person in seconds:
+            who = people[person]
+            name = _retagged(who.value, who.row.email, who.out, self.salt, self.again[who.out] > 1)
+            if name != who.name:
+                who.name = name
+                renamed.add(person)
+        return renamed
+
+    def info(self, person: str) -> str:
+        """`person`'s info labels, `groups` last, escaped, each after a comma."""
+        who = self.people[person]
+        return "," + labels([*_info(who.row, self.mode), ("groups", who.groups)])[1:-1]
+
+
+def _recount(counter: Counter[str], gone: Sequence[str], new: Sequence[str]) -> set[str]:
+    """`counter` less `gone` plus `new`; returns the keys now repeated that were not, or the
+    reverse."""
+    delta = Counter(new)
+    delta.subtract(gone)
+    flipped = set()
+    for key, step in delta.items():
+        count = counter[key]
+        if count + step:
+            counter[key] = count + step
+        else:
+            counter.pop(key, None)
+        if (count > 1) != (count + step > 1):
+            flipped.add(key)
+    return flipped
 
 
 class _Lines:
@@ -658,6 +868,10 @@ class _Lines:
 
     def add(self, family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
         self._lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}\n")
+
+    def extend(self, family: Family, lines: list[str]) -> None:
+        if lines:
+            self._lines.setdefault(family, []).extend(lines)
 
     def static(self) -> dict[Family, bytes]:
         """The lines as UTF-8, each family's list dropped once encoded (a render's peak)."""
@@ -677,42 +891,77 @@ def _group_piece(group: str, report: GroupReport, people: _People, config: Confi
     # A member the team reply does not know yet (it changed between the requests) keeps the
     # row of this group's reply.
     own = {u.email.lower(): u for u in report.users}
-    seats = _seats_piece(group, list(own), people, config, own)
-    return _combine([aggregates, seats])
+    rows = {p: people.team.get(p) or u for p, u in own.items()}
+    return _combine([aggregates, _seats_piece(group, rows, people)])
 
 
-def _seats_piece(
-    group: str,
-    emails: Sequence[str],
-    people: _People,
-    config: Config,
-    own: Mapping[str, UserStats] | None = None,
-) -> Rendered:
-    """The per-user series of these people in `group`."""
+def _rest_piece(people: _People) -> Rendered:
+    """The series of the team's people in no group, under group=""."""
+    rest = people.rest()
+    seats = _seats_piece("", {p: people.team[p] for p in rest}, people)
+    return _combine([seats, _info_lines("", rest, people)])
+
+
+def _info_piece(group: str, report: GroupReport, people: _People) -> Rendered:
+    """The info series of the group's people, once each, in the order of its rows."""
+    return _info_lines(group, list(dict.fromkeys(u.email.lower() for u in report.users)), people)
+
+
+def _info_lines(group: str, emails: Sequence[str], people: _People) -> Rendered:
+    """These people's info series in `group`."""
     lines = _Lines()
-    add = lines.add
-    ages: list[tuple[str, float]] = []
-    idle: list[tuple[str, float]] = []
-    for email in emails:
-        user = people.team.get(email) or (own or people.stats)[email]
-        name, info = people.info(email)
-        who = [("group", group), ("user", name)]
-        for label, days in user.active_days.items():
-            add(USER_ACTIVE, [*who, ("window", label)], days)
-        if user.prompt_credits is not None:
-            add(USER_CREDITS, who, user.prompt_credits)
-        for feature, last in zip(FEATURES, user.last_usage, strict=True):
-            if last is not None:
-                add(USER_LAST, [*who, ("feature", feature)], last)
-                ages.append((f"{USER_AGE.name}{labels([*who, ('feature', feature)])} ", last))
-        if user.signup is not None:
-            add(USER_SIGNUP, who, user.signup)
-        add(USER_DISABLED, who, float(user.disabled))
-        add(USER_INFO, [*who, *info], 1)
-        if user.idle_since is not None:
-            idle.append((f"{USER_IDLE.name}{labels(who)} ", user.idle_since))
-    dynamic = {USER_AGE: Ages(ages).render, USER_IDLE: Ages(idle).render}
-    return Rendered(static=lines.static(), dynamic=dynamic)
+    g = escape(group)
+    name = USER_INFO.name
+    lines.extend(
+        USER_INFO,
+        [
+            f'{name}{{group="{g}",user="{escape(people.people[p].name)}"{people.info(p)}}} 1\n'
+            for p in emails
+        ],
+    )
+    return Rendered(static=lines.static())
+
+
+def _seats_piece(group: str, rows: Mapping[str, UserStats], people: _People) -> Rendered:
+    """The per-user series of these people in `group` but their info: each person's labels
+    escaped once, each family's lines made in one pass over them."""
+    g = escape(group)
+    who = [(f'{{group="{g}",user="{escape(people.people[p].name)}"', u) for p, u in rows.items()]
+    windows = {w: escape(w) for _, u in who for w in u.active_days}
+    last = [
+        (f'{w},feature="{feature}"}} ', t)
+        for w, u in who
+        for feature, t in zip(FEATURES, u.last_usage, strict=True)
+        if t is not None
+    ]
+    lines = _Lines()
+    n = USER_ACTIVE.name
+    lines.extend(
+        USER_ACTIVE,
+        [
+            f'{n}{w},window="{windows[label]}"}} {number(days)}\n'
+            for w, u in who
+            for label, days in u.active_days.items()
+        ],
+    )
+    n = USER_CREDITS.name
+    lines.extend(
+        USER_CREDITS,
+        [f"{n}{w}}} {number(u.prompt_credits)}\n" for w, u in who if u.prompt_credits is not None],
+    )
+    n = USER_LAST.name
+    lines.extend(USER_LAST, [f"{n}{w}{number(t)}\n" for w, t in last])
+    n = USER_SIGNUP.name
+    lines.extend(
+        USER_SIGNUP, [f"{n}{w}}} {number(u.signup)}\n" for w, u in who if u.signup is not None]
+    )
+    n = USER_DISABLED.name
+    lines.extend(USER_DISABLED, [f"{n}{w}}} {int(u.disabled)}\n" for w, u in who])
+    ages = Ages((f"{USER_AGE.name}{w}", t) for w, t in last)
+    idle = Ages(
+        (f"{USER_IDLE.name}{w}}} ", u.idle_since) for w, u in who if u.idle_since is not None
+    )
+    return Rendered(static=lines.static(), dynamic={USER_AGE: ages.render, USER_IDLE: idle.render})
 
 
 def _combine(pieces: Sequence[Rendered]) -> Rendered:
