@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -771,32 +771,7 @@ class _People:
         """Bring the `touched` people's labels up to date (and whoever's `distinct` makes
         depend on theirs), and bump the versions of the pieces showing a changed one."""
         before = {p: self._shown(p) for p in touched if p in self.people}
-        old: dict[str, tuple[str, str] | None] = {}  # whose value changed: its value and out
-        for person in touched:
-            groups = self.member_of.get(person, ())
-            row = self._row(person, groups)
-            who = self.people.get(person)
-            if row is None:
-                if who is not None:
-                    old[person] = (who.value, who.out)
-                    del self.people[person]
-                continue
-            same_email = who is not None and who.row.email == row.email
-            if who is not None and same_email and self.mode == "hash":
-                value = who.value  # spares a hash: it is the email's
-            else:
-                value = _value(row, self.mode, self.salt)
-            if len(groups) < 2:
-                label = groups[0] if groups else ""
-            else:
-                label = sys.intern(",".join(sorted(g for g in groups if g)))
-            if who is None:
-                self.people[person] = _Person(row, label, value)
-                old[person] = None
-                continue
-            if not same_email or value != who.value:
-                old[person] = (who.value, who.out)
-            who.row, who.groups, who.value = row, label, value
+        old = self._refresh(touched)
         renamed = self._rename(old)
         # Who is new is only in reports that changed, whose pieces are redone anyway.
         shown = {p for p in renamed if old.get(p, ()) is not None}
@@ -815,10 +790,48 @@ class _People:
         if not self.team.keys().isdisjoint(shown):
             self._bump(("no group",))
 
+    def _refresh(self, touched: set[str]) -> dict[str, tuple[str, str] | None]:
+        """The `touched` people's rows, groups and values as they are now; returns whose
+        value (or email) changed, with their value and first-pass label before (None: new)."""
+        old: dict[str, tuple[str, str] | None] = {}
+        for person in touched:
+            groups = self.member_of.get(person, ())
+            row = self._row(person, groups)
+            who = self.people.get(person)
+            if who is None:
+                if row is not None:
+                    self.people[person] = _Person(row, _groups_label(groups), self._value(row))
+                    old[person] = None
+                continue
+            if row is None:
+                old[person] = (who.value, who.out)
+                del self.people[person]
+                continue
+            same = who.row.email == row.email
+            value = who.value if same and self.mode == "hash" else self._value(row)
+            if not same or value != who.value:
+                old[person] = (who.value, who.out)
+            who.row, who.groups, who.value = row, _groups_label(groups), value
+        return old
+
+    def _value(self, row: UserStats) -> str:
+        return _value(row, self.mode, self.salt)
+
     def _rename(self, old: Mapping[str, tuple[str, str] | None]) -> set[str]:
         """`distinct` again where the values of the people in `old` changed (None: new): for
         them, and for whoever's value or first-pass label repeats differently because of
         them. Returns who got another `user` label, or lost theirs."""
+        firsts, gone = self._first_pass(old)
+        seconds = set(firsts)
+        flipped = _recount(self.again, gone, [self.people[p].out for p in firsts])
+        if flipped:
+            seconds.update(p for p, w in self.people.items() if w.out in flipped)
+        renamed = {p for p, was in old.items() if was is None or p not in self.people}
+        return renamed.union(self._second_pass(seconds))
+
+    def _first_pass(self, old: Mapping[str, tuple[str, str] | None]) -> tuple[list[str], list[str]]:
+        """`distinct`'s first pass for the people in `old` and whoever shares a value whose
+        repetition they changed; returns them, and the first-pass labels no longer held."""
         people = self.people
         firsts = [p for p in old if p in people]
         flipped = _recount(
@@ -828,22 +841,22 @@ class _People:
             firsts += [p for p, w in people.items() if w.value in flipped and p not in old]
         gone = [w[1] for w in old.values() if w]
         gone += [people[p].out for p in firsts if p not in old]
+        taken = self.taken.get
         for person in firsts:
             who = people[person]
-            who.out = _tagged(who.value, who.row.email, self.salt, self.taken.get(who.value, 0) > 1)
-        seconds = set(firsts)
-        flipped = _recount(self.again, gone, [people[p].out for p in firsts])
-        if flipped:
-            seconds.update(p for p, w in people.items() if w.out in flipped)
-        renamed = {p for p, was in old.items() if was is None or p not in people}
+            who.out = _tagged(who.value, who.row.email, self.salt, taken(who.value, 0) > 1)
+        return firsts, gone
+
+    def _second_pass(self, seconds: Iterable[str]) -> list[str]:
+        """`distinct`'s second pass for these people; returns whose label it changed."""
+        renamed = []
+        again = self.again.get
         for person in seconds:
-            who = people[person]
-            name = _retagged(
-                who.value, who.row.email, who.out, self.salt, self.again.get(who.out, 0) > 1
-            )
+            who = self.people[person]
+            name = _retagged(who.value, who.row.email, who.out, self.salt, again(who.out, 0) > 1)
             if name != who.name:
                 who.name = name
-                renamed.add(person)
+                renamed.append(person)
         return renamed
 
     def info(self, person: str) -> str:
@@ -859,22 +872,33 @@ class _People:
         return f",{tail}"
 
 
+def _groups_label(groups: Sequence[str]) -> str:
+    """The `groups` label of someone in these groups (each once per row of theirs)."""
+    if len(groups) < 2:
+        return groups[0] if groups else ""
+    return sys.intern(",".join(sorted(g for g in groups if g)))
+
+
 def _recount(counts: dict[str, int], gone: Sequence[str], new: Sequence[str]) -> set[str]:
     """`counts` less `gone` plus `new`; returns the keys now repeated that were not, or the
     reverse."""
     delta = Counter(new)
     for key in gone:
         delta[key] -= 1
+    known = delta.keys() & counts.keys()
     flipped = set()
-    get = counts.get
-    for key, step in delta.items():
-        count = get(key, 0)
+    for key in known:
+        count, step = counts[key], delta[key]
         if count + step:
             counts[key] = count + step
         else:
-            counts.pop(key, None)
+            del counts[key]
         if (count > 1) != (count + step > 1):
             flipped.add(key)
+    # The rest are new: only `new` holds them (what is gone was counted).
+    fresh = {key: step for key, step in delta.items() if key not in known}
+    counts.update(fresh)
+    flipped.update(key for key, step in fresh.items() if step > 1)
     return flipped
 
 
