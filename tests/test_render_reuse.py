@@ -215,3 +215,21 @@ def test_a_tag_no_longer_repeated_is_shortened_for_the_namesake_that_kept_it() -
     live[(USER_PAGE.name, "ops")] = report(("7d", renamed), ("30d", renamed))
     info = text(USER_PAGE.render(settings, live, Parts(parts.kept)))["windsurf_user_info"]
     assert f'group="eng",user="Ann #{short[0]}"'.encode() in info
+
+
+def test_an_equal_new_report_takes_the_old_ones_place_without_redoing_lines() -> None:
+    # The old report is let go (the new one is what the Snapshot holds): memory stays flat.
+    for team in (True, False):
+        settings = config("email", team)
+        people = Team(3, team)
+        parts = Parts({})
+        USER_PAGE.render(settings, people.live, parts)
+        old = dict(people.live)
+        for group in ["", *GROUPS] if team else GROUPS:
+            people.poll(group)
+        again = Parts(parts.kept)
+        USER_PAGE.render(settings, people.live, again)
+        assert all(again.kept[k][2] is parts.kept[k][2] for k in parts.kept)
+        state = again.kept[("people",)][2]
+        held = {id(who.row) for who in state.people.values()}
+        assert not held & {id(u) for r in old.values() for u in r.users}

@@ -603,28 +603,31 @@ def render_groups(
     a person of the team in no group gets group="". Per-user values come from the team's rows
     when the team is live (every window), else from each group's own rows.
 
-    A new report equal to the one before counts as that one. A group's series are redone only
-    when its report, the team's or the config changed, or its members' `user` labels did; its
-    info series, when its members' info labels (their groups included) did; so is the
-    group-less rest of the team's. The people and their labels are kept from rendering to
-    rendering (see `_People`), so a publish costs what changed, not the whole team.
+    A group's series are redone only when the config changed, its report's or the team's
+    rows did (a new report equal to the one before is no change), or its members' `user`
+    labels did; its info series likewise, but for its members' info labels (their groups
+    included); so is the group-less rest of the team's. The people and their labels are kept
+    from rendering to rendering (see `_People`), so a publish costs what changed, not the
+    whole team.
     """
     people = parts.get(("people",), (config,), (), functools.partial(_People, config))
     pieces = []
     with people.lock:  # renderings may run at once (a poll's and a scrape's); they take turns
-        groups, team = people.sync(groups, team)
+        people.sync(groups, team)
+        v = people.version
         for group, report in groups:
-            same = (report, team, config)
+            rows = (v(("data", group)), v(("team",)))
             make = functools.partial(_group_piece, group, report, people, config)
-            pieces.append(parts.get(("group", group), same, people.version(("group", group)), make))
+            seats = ("group", group)
+            pieces.append(parts.get(seats, (config,), (*rows, v(seats)), make))
             if config.per_user:
                 info = ("info", group)
                 make = functools.partial(_info_piece, group, report, people)
-                pieces.append(parts.get(info, same, people.version(info), make))
+                pieces.append(parts.get(info, (config,), (*rows, v(info)), make))
         if config.per_user and team is not None and people.complete(config):
             rest = ("no group",)
             make = functools.partial(_rest_piece, people)
-            pieces.append(parts.get(rest, (team, config), people.version(rest), make))
+            pieces.append(parts.get(rest, (config,), (v(("team",)), v(rest)), make))
     return _combine(pieces)
 
 
@@ -683,50 +686,64 @@ class _People:
         """The team's people in no live group."""
         return [p for p in self.team if p not in self.member_of]
 
-    def sync(
-        self, groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None
-    ) -> tuple[list[tuple[str, GroupReport]], GroupReport | None]:
-        """Take in the live reports; returns them with each report equal to the one before
-        replaced by that one, so the pieces made from it are kept."""
+    def sync(self, groups: Sequence[tuple[str, GroupReport]], team: GroupReport | None) -> None:
+        """Take in the live reports: a report whose rows changed bumps the version of its
+        rows, one equal to the one before only takes its place."""
         touched: set[str] = set()
-        team = self._sync_team(team, touched)
+        self._sync_team(team, touched)
         order = {g: i for i, (g, _) in enumerate(groups)}
         for gone in [g for g in self.reports if g not in order]:
             self._set_group(gone, None, touched)
-        live = [(g, self._sync_group(g, report, touched)) for g, report in groups]
+        for group, report in groups:
+            self._sync_group(group, report, touched)
         if [g for g in self.order if g in order] != [g for g in order if g in self.order]:
             # Whose row names them (their first group's) may change.
             touched.update(p for p, gs in self.member_of.items() if len(gs) > 1)
         self.order = order
         if self.per_user:
             self._relabel(touched)
-        return live, team
 
-    def _sync_team(self, team: GroupReport | None, touched: set[str]) -> GroupReport | None:
+    def _sync_team(self, team: GroupReport | None, touched: set[str]) -> None:
         old = self.team_report
-        if team is old or (team is not None and old is not None and team == old):
-            return old
-        self.team_report = team
-        self._bump(("no group",))
+        if team is old:
+            return
         rows = {u.email.lower(): u for u in team.users} if team else {}
-        if self.per_user:
-            touched.update(self.team)
-            touched.update(rows)
-        self.team = rows
-        return team
+        if team is not None and old is not None and team == old:
+            self._repoint(self.team, rows)
+        else:
+            self._bump(("team",))
+            if self.per_user:
+                touched.update(self.team)
+                touched.update(rows)
+        self.team_report, self.team = team, rows
 
-    def _sync_group(self, group: str, report: GroupReport, touched: set[str]) -> GroupReport:
+    def _sync_group(self, group: str, report: GroupReport, touched: set[str]) -> None:
         old = self.reports.get(group)
-        if old is not None and (report is old or report == old):
-            return old
-        self._set_group(group, report, touched)
-        return report
+        if report is old:
+            return
+        if old is None or report != old:
+            self._set_group(group, report, touched)
+            return
+        self.reports[group] = report
+        if self.per_user:
+            firsts = _firsts(report)
+            self._repoint(self.firsts[group], firsts)
+            self.firsts[group] = firsts
+
+    def _repoint(self, old: Mapping[str, UserStats], new: Mapping[str, UserStats]) -> None:
+        """Rows equal to the `old` ones name the people the old ones did, so that the old
+        report can go."""
+        if not self.per_user:
+            return
+        for person, row in new.items():
+            who = self.people.get(person)
+            if who is not None and who.row is old.get(person):
+                who.row = row
 
     def _set_group(self, group: str, report: GroupReport | None, touched: set[str]) -> None:
         """A group's new report (None: no longer live); its old and new members are
         `touched`."""
-        self._bump(("group", group))
-        self._bump(("info", group))
+        self._bump(("data", group))
         if report is None:
             del self.reports[group]
         else:
@@ -743,13 +760,10 @@ class _People:
         touched.update(old)
         if report is None:
             return
-        firsts: dict[str, UserStats] = {}
         for user in report.users:
-            person = user.email.lower()
-            firsts.setdefault(person, user)
-            self.member_of.setdefault(person, []).append(group)
-        self.firsts[group] = firsts
-        touched.update(firsts)
+            self.member_of.setdefault(user.email.lower(), []).append(group)
+        self.firsts[group] = _firsts(report)
+        touched.update(self.firsts[group])
 
     def _row(self, person: str, groups: Sequence[str]) -> UserStats | None:
         """The row naming `person`, in `groups`: the team's, else their first live group's;
@@ -870,6 +884,14 @@ class _People:
         if self.mode == "email":  # the labels of _info_names, written out: 4x faster
             return f',name="{escape(row.name)}",email="{escape(row.email)}",{tail}'
         return f",{tail}"
+
+
+def _firsts(report: GroupReport) -> dict[str, UserStats]:
+    """The first row of each person of the report."""
+    firsts: dict[str, UserStats] = {}
+    for user in report.users:
+        firsts.setdefault(user.email.lower(), user)
+    return firsts
 
 
 def _groups_label(groups: Sequence[str]) -> str:
