@@ -651,8 +651,9 @@ class _People:
     """Everyone of the live groups and the team, by lower-cased email (emails differ in case
     between replies): the team's rows, the groups each is in, and their labels, named across
     the whole team so a person has one label. Kept from rendering to rendering under one
-    config and brought up to date by `sync` at the cost of the reports that changed; each
-    piece's labels have a version, bumped whenever a label its lines show changes."""
+    config and brought up to date by `sync` at the cost of the reports that changed. What a
+    piece shows has versions (its group's rows, the team's, its people's labels), each bumped
+    whenever what it names changes: a piece is kept while they are the same."""
 
     def __init__(self, config: Config) -> None:
         self.lock = threading.Lock()
