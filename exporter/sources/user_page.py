@@ -691,16 +691,16 @@ class _People:
         """Take in the live reports: a report whose rows changed bumps the version of its
         rows, one equal to the one before only takes its place."""
         touched: set[str] = set()
-        self._sync_team(team, touched)
         order = {g: i for i, (g, _) in enumerate(groups)}
-        for gone in [g for g in self.reports if g not in order]:
-            self._set_group(gone, None, touched)
-        for group, report in groups:
-            self._sync_group(group, report, touched)
         if [g for g in self.order if g in order] != [g for g in order if g in self.order]:
             # Whose row names them (their first group's) may change.
             touched.update(p for p, gs in self.member_of.items() if len(gs) > 1)
+        for gone in [g for g in self.reports if g not in order]:
+            self._set_group(gone, None, touched)
         self.order = order
+        self._sync_team(team, touched)
+        for group, report in groups:
+            self._sync_group(group, report, touched)
         if self.per_user:
             self._relabel(touched)
 
@@ -709,14 +709,13 @@ class _People:
         if team is old:
             return
         rows = {u.email.lower(): u for u in team.users} if team else {}
-        if team is not None and old is not None and team == old:
-            self._repoint(self.team, rows)
-        else:
+        if team is None or old is None or team != old:
             self._bump(("team",))
-            if self.per_user:
-                touched.update(self.team)
-                touched.update(rows)
+        gone = self.team.keys() - rows.keys()
         self.team_report, self.team = team, rows
+        if self.per_user:
+            touched.update(gone)
+            touched.update(self._renaming(rows))
 
     def _sync_group(self, group: str, report: GroupReport, touched: set[str]) -> None:
         old = self.reports.get(group)
@@ -727,19 +726,22 @@ class _People:
             return
         self.reports[group] = report
         if self.per_user:
-            firsts = _firsts(report)
-            self._repoint(self.firsts[group], firsts)
-            self.firsts[group] = firsts
+            self.firsts[group] = _firsts(report)
+            touched.update(self._renaming(self.firsts[group]))
 
-    def _repoint(self, old: Mapping[str, UserStats], new: Mapping[str, UserStats]) -> None:
-        """Rows equal to the `old` ones name the people the old ones did, so that the old
-        report can go."""
-        if not self.per_user:
-            return
-        for person, row in new.items():
+    def _renaming(self, rows: Mapping[str, UserStats]) -> list[str]:
+        """Of these rows' people (their memberships up to date), those whose labels the rows
+        may change: new, or named by a row now that shows them otherwise. The others are named
+        by their new row from now on, so that the old report can go."""
+        out = []
+        for person in rows:
             who = self.people.get(person)
-            if who is not None and who.row is old.get(person):
+            row = self._row(person, self.member_of.get(person, ()))
+            if who is None or row is None or _naming(who.row) != _naming(row):
+                out.append(person)
+            else:
                 who.row = row
+        return out
 
     def _set_group(self, group: str, report: GroupReport | None, touched: set[str]) -> None:
         """A group's new report (None: no longer live); its old and new members are
@@ -752,19 +754,23 @@ class _People:
         if not self.per_user:
             return
         old = self.firsts.pop(group, {})
+        before = {p: len(self.member_of[p]) for p in old}
         for person in old:
             left = [g for g in self.member_of[person] if g != group]
             if left:
                 self.member_of[person] = left
             else:
                 del self.member_of[person]
-        touched.update(old)
-        if report is None:
-            return
-        for user in report.users:
+        firsts = _firsts(report) if report else {}
+        for user in report.users if report else ():
             self.member_of.setdefault(user.email.lower(), []).append(group)
-        self.firsts[group] = _firsts(report)
-        touched.update(self.firsts[group])
+        if report is not None:
+            self.firsts[group] = firsts
+        # Who joined or left the group, or has another number of rows in it (their `groups`
+        # label changes), and whose row there names them otherwise.
+        touched.update(old.keys() ^ firsts.keys())
+        touched.update(p for p, n in before.items() if len(self.member_of.get(p, ())) != n)
+        touched.update(self._renaming({p: r for p, r in firsts.items() if p in old}))
 
     def _row(self, person: str, groups: Sequence[str]) -> UserStats | None:
         """The row naming `person`, in `groups`: the team's, else their first live group's;
@@ -893,6 +899,11 @@ def _firsts(report: GroupReport) -> dict[str, UserStats]:
     for user in report.users:
         firsts.setdefault(user.email.lower(), user)
     return firsts
+
+
+def _naming(row: UserStats) -> tuple[str, str, str, str]:
+    """What of a row may show in its person's labels, in any labels.user mode."""
+    return (row.email, row.name, row.role, row.team_status)
 
 
 def _groups_label(groups: Sequence[str]) -> str:
