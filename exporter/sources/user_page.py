@@ -709,12 +709,13 @@ class _People:
         if team is old:
             return
         rows = {u.email.lower(): u for u in team.users} if team else {}
-        if team is None or old is None or team != old:
-            self._bump(("team",))
-        gone = self.team.keys() - rows.keys()
-        self.team_report, self.team = team, rows
+        before, self.team_report, self.team = self.team, team, rows
+        if team is not None and old is not None and team == old:
+            self._repoint(before, rows)
+            return
+        self._bump(("team",))
         if self.per_user:
-            touched.update(gone)
+            touched.update(before.keys() - rows.keys())
             touched.update(self._renaming(rows))
 
     def _sync_group(self, group: str, report: GroupReport, touched: set[str]) -> None:
@@ -726,8 +727,19 @@ class _People:
             return
         self.reports[group] = report
         if self.per_user:
-            self.firsts[group] = _firsts(report)
-            touched.update(self._renaming(self.firsts[group]))
+            firsts = _firsts(report)
+            self._repoint(self.firsts[group], firsts)
+            self.firsts[group] = firsts
+
+    def _repoint(self, old: Mapping[str, UserStats], new: Mapping[str, UserStats]) -> None:
+        """Rows equal to the `old` ones name the people the old ones did, so that the old
+        report can go."""
+        if not self.per_user:
+            return
+        for person, row in new.items():
+            who = self.people.get(person)
+            if who is not None and who.row is old.get(person):
+                who.row = row
 
     def _renaming(self, rows: Mapping[str, UserStats]) -> list[str]:
         """Of these rows' people (their memberships up to date), those whose labels the rows
