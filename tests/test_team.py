@@ -168,17 +168,22 @@ def test_a_new_report_of_one_group_redoes_only_the_pieces_it_changes() -> None:
     }
     first = Parts({})
     USER_PAGE.render(config, live, first)
-    # A new eng report with the same members (a poll): ops and lab are kept as they were.
+    # New reports of eng and of the team with the same rows (a poll): nothing is redone.
     live[(USER_PAGE.name, "eng")] = report(("7d", [ALICE]))
+    live[(TEAM.name, "")] = report(("7d", [ALICE, BOB, carol]), ("30d", [ALICE, BOB, carol]))
     second = Parts(first.kept)
     USER_PAGE.render(config, live, second)
-    assert second.kept[("group", "ops")][2] is first.kept[("group", "ops")][2]
-    assert second.kept[("group", "eng")][2] is not first.kept[("group", "eng")][2]
-    # Bob joins eng: his series in ops now name both groups, so ops is redone; lab is not.
+    assert all(second.kept[k][2] is first.kept[k][2] for k in first.kept)
+    # Bob joins eng: his series in ops now name both groups, so ops' info series are redone,
+    # not its others; lab is kept whole.
     live[(USER_PAGE.name, "eng")] = report(("7d", [ALICE, BOB]))
     third = Parts(second.kept)
     rendered = USER_PAGE.render(config, live, third)
+    assert third.kept[("group", "eng")][2] is not second.kept[("group", "eng")][2]
+    assert third.kept[("info", "ops")][2] is not second.kept[("info", "ops")][2]
+    assert third.kept[("group", "ops")][2] is second.kept[("group", "ops")][2]
     assert third.kept[("group", "lab")][2] is second.kept[("group", "lab")][2]
+    assert third.kept[("info", "lab")][2] is second.kept[("info", "lab")][2]
     info = b"".join(rendered.static[USER_INFO]).decode()
     assert 'group="ops",user="bob@example.com"' in info
     assert info.count('groups="eng,ops"') == 2

@@ -11,6 +11,7 @@ included: the numbers a team pays by. The groups (sources/user_page.py) join its
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable
 
 from exporter.config import Config
@@ -99,7 +100,9 @@ class Team(Replies):
         team = live.get(TEAM_KEY)
         if not isinstance(team, GroupReport):
             return Rendered()
-        return render_team(team, config)
+        # Kept while the team's report is: a group's poll leaves the team's lines as they were.
+        make = functools.partial(render_team, team, config)
+        return parts.get(("team",), (team, config), (), make)
 
 
 TEAM = Team()
