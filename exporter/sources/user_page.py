@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -247,6 +247,7 @@ class _Reader:
         self.cut = 0
         self._most = self.limits.max_label_length
         self._numbers: dict[float, float] = {}
+        self._words: dict[str, str] = {}
         self._update: tuple[Any, float | None, bool] = (None, None, False)
 
     def time(self, row: Mapping[str, Any], key: str, latest: float | None = None) -> float | None:
@@ -287,6 +288,17 @@ class _Reader:
         self.cut += cut
         return label
 
+    def word(self, row: Mapping[str, Any], key: str) -> str:
+        """A text repeated on many rows (role, teamStatus): one interned string each, read once
+        when it is kept as it is."""
+        value = row.get(key)
+        known = self._words.get(value) if type(value) is str else None
+        if known is None:
+            known = sys.intern(self.text(row, key))
+            if known == value:
+                self._words[known] = known
+        return known
+
     def user(self, row: dict[str, Any]) -> tuple[UserStats, float | None] | None:
         """A row with an email -> its UserStats and activeDays; None for a row with no email."""
         email = self.text(row, "email")
@@ -301,15 +313,16 @@ class _Reader:
             times.append(value)
         usage = (times[0], times[1], times[2])
         days = self.count(row, "activeDays", self.max_days)
-        disabled, bad = bool_field(row.get("disableCodeium"))
-        if bad:
-            self.unparsable["disableCodeium"] += 1
+        disabled = row.get("disableCodeium")
+        if type(disabled) is not bool:
+            disabled, bad = bool_field(disabled)
+            if bad:
+                self.unparsable["disableCodeium"] += 1
         stats = UserStats(
             email,
             self.text(row, "name"),
-            # A handful of values repeated on every row: one string each, not one per user.
-            sys.intern(self.text(row, "role")),
-            sys.intern(self.text(row, "teamStatus")),
+            self.word(row, "role"),
+            self.word(row, "teamStatus"),
             disabled,
             times[3],
             _NEVER if usage == _NEVER else usage,
@@ -349,26 +362,24 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
     users: dict[str, UserStats] = {}
     active: dict[str, dict[str, float]] = {}
     skipped = first.no_email
+    for user, days in zip(first.rows, first.active_days, strict=True):
+        if user.email in users:
+            skipped += 1
+        else:
+            users[user.email] = user
+            active[user.email] = {} if days is None else {pages[0][0]: days}
     missing: set[str] = set()  # windows whose reply lacks someone of the first
-    for index, (window, page) in enumerate(pages):
+    for window, page in pages[1:]:
         seen = set()
         for user, days in zip(page.rows, page.active_days, strict=True):
-            if index == 0 and user.email in users:
-                skipped += 1
-                continue
-            if index == 0:
-                users[user.email], active[user.email] = user, {}
-            elif user.email not in users:
-                continue
-            seen.add(user.email)
-            if days is not None:
-                active[user.email].setdefault(window, days)
+            known = active.get(user.email)
+            if known is not None:
+                seen.add(user.email)
+                if days is not None:
+                    known.setdefault(window, days)
         if len(seen) < len(users):
             missing.add(window)
-    shared: dict[tuple[tuple[str, float], ...], Mapping[str, float]] = {}
-    stats = tuple(
-        UserStats(*u[:-1], _shared_days(shared, tuple(active[e].items()))) for e, u in users.items()
-    )
+    stats = tuple(_with_days(users.values(), active.values()))
     # A person missing from a window's reply (the team changed between two requests) makes
     # that window's count unknown, not smaller.
     windows = [window for window, _ in pages]
@@ -391,15 +402,18 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
     )
 
 
-def _shared_days(
-    shared: dict[tuple[tuple[str, float], ...], Mapping[str, float]],
-    days: tuple[tuple[str, float], ...],
-) -> Mapping[str, float]:
-    """One read-only mapping for everyone with these activeDays (few distinct ones)."""
-    known = shared.get(days)
-    if known is None:
-        known = shared[days] = MappingProxyType(dict(days))
-    return known
+def _with_days(
+    users: Iterable[UserStats], active: Iterable[Mapping[str, float]]
+) -> Iterator[UserStats]:
+    """Each user with their activeDays, one read-only mapping for everyone with the same ones
+    (there are few distinct ones: a few bytes a person instead of a dict)."""
+    shared: dict[tuple[tuple[str, float], ...], Mapping[str, float]] = {}
+    for user, days in zip(users, active, strict=True):
+        key = tuple(days.items())
+        mapping = shared.get(key)
+        if mapping is None:
+            mapping = shared[key] = MappingProxyType(dict(key))
+        yield UserStats(*user[:-1], mapping)
 
 
 def user_hash(email: str, salt: str = "") -> str:
