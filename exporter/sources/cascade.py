@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from exporter.config import Config, Limits
 from exporter.exposition import Family, labels, number, utf8
@@ -45,12 +45,13 @@ _MODE_PREFIX = "CONVERSATIONAL_PLANNER_MODE_"
 # Far above any real day of a team, far below where sums lose precision.
 _MAX_COUNT = 1e12
 _CLOCK_SKEW = 3600.0
+_MEMO = 4096  # distinct values a reply's reader remembers, whatever the reply holds
 _CACHED = " Cached from the last successful poll."
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    """One cascadeRuns row: a conversation's use of one model in one mode on one UTC day."""
+class Run(NamedTuple):
+    """One cascadeRuns row: a conversation's use of one model in one mode on one UTC day. A
+    named tuple: a reply holds up to limits.max_rows of them, made faster than a dataclass."""
 
     day: int  # days since the epoch
     model: str
@@ -127,6 +128,10 @@ class _Reader:
         self.rows = 0
         self.skipped = 0
         self.dropped = 0
+        # The few distinct days, models and modes of a reply's many rows, each read once.
+        self._days: dict[str, tuple[float | None, bool]] = {}
+        self._words: dict[str, str] = {}
+        self._modes: dict[str, str] = {}
 
     def rows_of(self, entry: Any, key: str) -> list[dict[str, Any]]:
         """`{key: {key: [rows]}}` -> its object rows, at most limits.max_rows of all."""
@@ -147,15 +152,36 @@ class _Reader:
         return value or 0.0
 
     def text(self, row: Mapping[str, Any], key: str) -> str:
-        value, bad = text_field(row.get(key))
+        value = row.get(key)
+        known = self._words.get(value) if type(value) is str else None
+        if known is not None:
+            return known
+        text, bad = text_field(value)
         if bad:
             self.unparsable[key] += 1
-        label, cut = label_value(value, self.limits)
+        label, cut = label_value(text, self.limits)
         self.cut += cut
+        if label == value and len(self._words) < _MEMO:  # kept as it is: nothing to count
+            self._words[label] = label
+        return label
+
+    def mode(self, row: Mapping[str, Any]) -> str:
+        text = self.text(row, "mode")
+        label = self._modes.get(text)
+        if label is None:
+            label = mode_label(text)
+            if len(self._modes) < _MEMO:
+                self._modes[text] = label
         return label
 
     def day(self, row: Mapping[str, Any]) -> int | None:
-        seconds, bad = time_field(row.get("day"), self.latest)
+        value = row.get("day")
+        known = self._days.get(value) if type(value) is str else None
+        if known is None:
+            known = time_field(value, self.latest)
+            if type(value) is str and len(self._days) < _MEMO:
+                self._days[value] = known
+        seconds, bad = known
         if seconds is None:  # a day left out, malformed, or after the request
             self.unparsable["day"] += bad
             self.skipped += 1
@@ -204,7 +230,7 @@ def _run(reader: _Reader, row: Mapping[str, Any], day: int) -> Run:
     return Run(
         day=day,
         model=reader.text(row, "model"),
-        mode=mode_label(reader.text(row, "mode")),
+        mode=reader.mode(row),
         messages=reader.count(row, "messagesSent"),
         prompts=reader.count(row, "promptsUsed"),
         cascade_id=cascade_id,
