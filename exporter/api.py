@@ -335,7 +335,7 @@ class Client:
             raise ApiError(
                 Reason.CONNECTION, f"cannot reach {self._api.url}: {self._clean(str(err))}"
             ) from None
-        return self._decode(response, content, parse, deadline, request.permission)
+        return self._decode(response, content, parse, deadline, request)
 
     def _read(self, response: httpx.Response, deadline: float) -> bytearray:
         """The reply's body, in one growing buffer: chunks and their join would hold it twice."""
@@ -359,18 +359,18 @@ class Client:
         content: bytearray,
         parse: Callable[[Any], T],
         deadline: float,
-        permission: str,
+        request: Request,
     ) -> T:
         """The reply's JSON, parsed; decoding and parsing count against the deadline too.
         Consumes `content`: its bytes are let go once decoded to text."""
         status = response.status_code
-        document = _json(content)
+        document = _json(content, request.json_hook)
         self._in_time(deadline, "decoded")
         # The one place the upstream's `error` field is read: it fails any call that carries it.
         failed = isinstance(document, dict) and document.get("error") not in (None, "")
         upstream = self._clean(str(document["error"])) if failed else ""
         if status >= 300:
-            raise self._status_error(response, upstream, permission)
+            raise self._status_error(response, upstream, request.permission)
         if document is _NOT_JSON:
             kind = self._clean(
                 response.headers.get("content-type", "no content type").split(";")[0]
@@ -468,9 +468,12 @@ class _Watchdog:
 _NOT_JSON = object()
 
 
-def _json(content: bytearray) -> Any:
-    """The body's JSON, as json.loads reads bytes; the body is emptied once it is text, so a
-    big reply is not held as bytes, text and objects at once."""
+def _json(
+    content: bytearray, hook: Callable[[], Callable[[dict[str, Any]], Any]] | None = None
+) -> Any:
+    """The body's JSON, as json.loads reads bytes, its objects made by a new `hook()` if any;
+    the body is emptied once it is text, so a big reply is not held as bytes, text and objects
+    at once."""
     try:
         text = content.decode(json.detect_encoding(content), "surrogatepass")
     except UnicodeDecodeError:
@@ -478,6 +481,6 @@ def _json(content: bytearray) -> Any:
     finally:
         content.clear()
     try:
-        return json.loads(text)
+        return json.loads(text, object_hook=hook() if hook else None)
     except (ValueError, RecursionError):
         return _NOT_JSON
