@@ -93,14 +93,10 @@ Row = dict[str, Any] | RunRow  # a row of the reply, read with `get`
 
 def compact_rows() -> Callable[[dict[str, Any]], Any]:
     """The object_hook a CascadeAnalytics reply is read with: an object holding run fields only
-    becomes a RunRow, its day, model and mode (repeated on many rows) one string each; any
-    other object stays a dict. So the reply's rows never all exist as dicts."""
-    seen: dict[str, str] = {}
-
-    def once(value: Any) -> Any:
-        if type(value) is not str:
-            return value
-        return seen.setdefault(value, value) if len(seen) < _MEMO else seen.get(value, value)
+    becomes a RunRow, its values repeated across rows (day, model, mode, counts) one string
+    each; any other object stays a dict. So the reply's rows never all exist as dicts."""
+    once = _once()
+    number = _once()  # counts apart: their many values leave room for the labels' few
 
     def hook(found: dict[str, Any]) -> Any:
         if not found or not found.keys() <= _RUN_KEYS:
@@ -112,13 +108,25 @@ def compact_rows() -> Callable[[dict[str, Any]], Any]:
                 once(get("day")),
                 once(get("model")),
                 once(get("mode")),
-                get("messagesSent"),
-                get("promptsUsed"),
+                number(get("messagesSent")),
+                number(get("promptsUsed")),
                 get("cascadeId"),
             ),
         )
 
     return hook
+
+
+def _once() -> Callable[[Any], Any]:
+    """Strings -> the first equal one seen (of at most _MEMO kept); anything else as it is."""
+    seen: dict[str, str] = {}
+
+    def once(value: Any) -> Any:
+        if type(value) is not str:
+            return value
+        return seen.setdefault(value, value) if len(seen) < _MEMO else seen.get(value, value)
+
+    return once
 
 
 _tuple = tuple.__new__  # makes a RunRow without NamedTuple's keyword-argument __new__
