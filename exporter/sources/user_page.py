@@ -59,6 +59,7 @@ _DAY = 86400.0
 _MAX_CREDITS = 1e15
 _MAX_DAYS = 366 * 100.0  # a request without a window
 _CLOCK_SKEW = 3600.0
+_MEMO = 4096  # distinct values a reply's reader keeps once, whatever the reply holds
 _HEX = frozenset("0123456789abcdef")
 OTHER = "other"  # the role / team_status value of those over limits.max_label_values
 
@@ -272,7 +273,11 @@ class _Reader:
         if bad:
             self.unparsable[key] += 1
             return None
-        return self._numbers.setdefault(value, value) if value is not None else None
+        if value is None:
+            return None
+        if len(self._numbers) < _MEMO:  # credits and days repeat: one float each
+            return self._numbers.setdefault(value, value)
+        return self._numbers.get(value, value)
 
     def text(self, row: Mapping[str, Any], key: str) -> str:
         value = row.get(key)
@@ -295,7 +300,7 @@ class _Reader:
         known = self._words.get(value) if type(value) is str else None
         if known is None:
             known = sys.intern(self.text(row, key))
-            if known == value:
+            if known == value and len(self._words) < _MEMO:
                 self._words[known] = known
         return known
 

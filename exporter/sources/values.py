@@ -110,7 +110,7 @@ def time_field(value: Any, latest: float) -> tuple[float | None, bool]:
 def count_field(value: Any, maximum: float) -> tuple[float | None, bool]:
     """A count in [0, maximum]: (count or None, unusable?); absent or null is 0, since
     protobuf JSON omits zero-valued fields."""
-    if type(value) is str and value.isdigit() and value.isascii() and len(value) <= MAX_NUMBER_TEXT:
+    if type(value) is str and len(value) <= MAX_NUMBER_TEXT and value.isascii() and value.isdigit():
         value = float(value)  # the usual form, read as parse_number reads it, only faster
     if (type(value) is int or type(value) is float) and 0 <= value <= maximum:
         return float(value), False
