@@ -335,42 +335,42 @@ class Client:
             raise ApiError(
                 Reason.CONNECTION, f"cannot reach {self._api.url}: {self._clean(str(err))}"
             ) from None
-        return self._decode(response, content, parse, deadline, request.permission)
+        return self._decode(response, content, parse, deadline, request)
 
-    def _read(self, response: httpx.Response, deadline: float) -> bytes:
+    def _read(self, response: httpx.Response, deadline: float) -> bytearray:
+        """The reply's body, in one growing buffer: chunks and their join would hold it twice."""
         limit = self._api.max_response_bytes
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ApiError(Reason.TOO_LARGE, f"reply of {declared} bytes exceeds the {limit} limit")
-        chunks = []
-        size = 0
+        body = bytearray()
         # Decoded bytes are what costs memory, so the limit applies after decompression.
         for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > limit:
+            if len(body) + len(chunk) > limit:
                 raise ApiError(Reason.TOO_LARGE, f"reply exceeds the {limit} byte limit")
             if self._clocks.monotonic() > deadline:
                 raise ApiError(Reason.TIMEOUT, f"reply not complete within {self._api.timeout:g}s")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body += chunk
+        return body
 
     def _decode(
         self,
         response: httpx.Response,
-        content: bytes,
+        content: bytearray,
         parse: Callable[[Any], T],
         deadline: float,
-        permission: str,
+        request: Request,
     ) -> T:
-        """The reply's JSON, parsed; decoding and parsing count against the deadline too."""
+        """The reply's JSON, parsed; decoding and parsing count against the deadline too.
+        Consumes `content`: its bytes are let go once decoded to text."""
         status = response.status_code
-        document = _json(content)
+        document = _json(content, request.json_hook)
         self._in_time(deadline, "decoded")
         # The one place the upstream's `error` field is read: it fails any call that carries it.
         failed = isinstance(document, dict) and document.get("error") not in (None, "")
         upstream = self._clean(str(document["error"])) if failed else ""
         if status >= 300:
-            raise self._status_error(response, upstream, permission)
+            raise self._status_error(response, upstream, request.permission)
         if document is _NOT_JSON:
             kind = self._clean(
                 response.headers.get("content-type", "no content type").split(";")[0]
@@ -468,8 +468,19 @@ class _Watchdog:
 _NOT_JSON = object()
 
 
-def _json(content: bytes) -> Any:
+def _json(
+    content: bytearray, hook: Callable[[], Callable[[dict[str, Any]], Any]] | None = None
+) -> Any:
+    """The body's JSON, as json.loads reads bytes, its objects made by a new `hook()` if any;
+    the body is emptied once it is text, so a big reply is not held as bytes, text and objects
+    at once."""
     try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = content.decode(json.detect_encoding(content), "surrogatepass")
+    except UnicodeDecodeError:
+        return _NOT_JSON
+    finally:
+        content.clear()
+    try:
+        return json.loads(text, object_hook=hook() if hook else None)
+    except (ValueError, RecursionError):
         return _NOT_JSON

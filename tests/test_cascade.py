@@ -5,6 +5,7 @@ of the two new sources (regenerate with `UPDATE_GOLDEN=1 uv run pytest tests/tes
 from __future__ import annotations
 
 import calendar
+import json
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
@@ -175,6 +176,55 @@ def test_rows_without_a_usable_day_or_count_are_counted_not_summed() -> None:
     found = CASCADE.report(CONFIG, "", [(request(), reply)])
     text = samples(render_live({(CASCADE.name, ""): found}))
     assert text[series("windsurf_exporter_cascade_unparsable_values", group="", field="day")] == 2
+
+
+_RUN = '{"day": "2024-10-11T00:00:00Z", "model": "m", "mode": "X", "messagesSent": "2"'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps(EXAMPLE),
+        json.dumps(runs(run("2024-10-11T00:00:00Z", messagesSent=3), run("2024-10-10T00:00:00Z"))),
+        '{"queryResults": [{"cascadeRuns": {"cascadeRuns": [' + _RUN + ', "day": "bad"}]}}]}',
+        '{"queryResults": [{"cascadeLines": {"cascadeLines": [' + _RUN + "}]}}]}",
+        '{"queryResults": [{"cascadeToolUsage": {"cascadeToolUsage": [{"model": "m"}]}}]}',
+        '{"queryResults": [' + _RUN + "}, {}, []]}",
+        '{"queryResults": [{"cascadeRuns": ' + _RUN + "}}]}",
+        _RUN + "}",
+        "{}",
+        '{"queryResults": [{"cascadeRuns": {"cascadeRuns": [{}, 1, null, [' + _RUN + "}]]}}]}",
+    ],
+    ids=[
+        "example",
+        "runs",
+        "repeated key",
+        "run fields in lines",
+        "run fields in tools",
+        "run fields as an entry",
+        "run fields as the inner object",
+        "run fields at the top",
+        "empty",
+        "odd rows",
+    ],
+)
+def test_rows_read_compact_as_the_api_client_reads_them_give_the_same_reply(text: str) -> None:
+    """The client reads a reply's JSON with the request's object hook, which keeps run rows as
+    tuples, not dicts: whatever the shape, they read exactly as the plain dicts would."""
+    asked = request()
+    assert asked.json_hook is not None
+    compact = json.loads(text, object_hook=asked.json_hook())
+    assert decode(compact, asked) == decode(json.loads(text), asked)
+
+
+def test_run_rows_are_not_kept_as_dicts() -> None:
+    asked = request()
+    assert asked.json_hook is not None
+    document = json.loads(json.dumps(EXAMPLE), object_hook=asked.json_hook())
+    (row,) = document["queryResults"][1]["cascadeRuns"]["cascadeRuns"]
+    assert not isinstance(row, dict)
+    assert row.get("cascadeId") == "3f0c"
+    assert row.get("linesSuggested") is None
 
 
 def test_mode_loses_its_prefix_and_is_lower_cased() -> None:

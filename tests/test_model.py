@@ -288,6 +288,20 @@ def test_a_leap_second_is_the_next_minute() -> None:
     assert parse_time("2016-12-31T23:59:60Z") == calendar.timegm((2017, 1, 1, 0, 0, 0))
 
 
+def test_a_leap_second_keeps_its_fraction_and_offset() -> None:
+    new_year = calendar.timegm((2017, 1, 1, 0, 0, 0))
+    assert parse_time("2016-12-31T23:59:60.25Z") == new_year + 0.25
+    assert parse_time("2017-01-01 00:59:60.5+01:00") == new_year + 0.5
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2024-10-10T22:56:10.000Z", "2024-10-10 22:56:10.0z", " 2024-10-10T22:56:10.000000000+00:00 "],
+)
+def test_a_zero_fraction_is_the_whole_second(text: str) -> None:
+    assert parse_time(text) == BASE
+
+
 def test_numbers_longer_than_any_the_api_writes_are_refused() -> None:
     assert parse_number("9" * 30_000 + "x") is None
     assert parse_number("1" * 65) is None
@@ -296,7 +310,19 @@ def test_numbers_longer_than_any_the_api_writes_are_refused() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, (0.0, False)), (-1, (None, True)), ("1e308", (None, True)), (31, (31.0, False))],
+    [
+        (None, (0.0, False)),
+        (-1, (None, True)),
+        ("1e308", (None, True)),
+        (31, (31.0, False)),
+        ("31", (31.0, False)),
+        (" 31", (31.0, False)),
+        ("32", (None, True)),
+        (31.5, (None, True)),
+        ("-0", (-0.0, False)),
+        (10**400, (None, True)),
+        ("1" * 65, (None, True)),
+    ],
 )
 def test_counts_outside_their_bounds_are_unusable(value: Any, expected: Any) -> None:
     assert count_field(value, 31) == expected

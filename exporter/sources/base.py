@@ -33,6 +33,9 @@ class Request:
     limits: Limits = field(default_factory=Limits)
     # The key's permission the method needs, named when the upstream refuses the key.
     permission: str = "Teams Read-only"
+    # Makes the object_hook its reply's JSON is read with, one per reply (None: plain dicts): a
+    # method whose replies hold many rows has them made compact while they are read.
+    json_hook: Callable[[], Callable[[dict[str, Any]], Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from exporter.config import Config, Limits
 from exporter.exposition import Family, labels, number, utf8
@@ -45,12 +45,13 @@ _MODE_PREFIX = "CONVERSATIONAL_PLANNER_MODE_"
 # Far above any real day of a team, far below where sums lose precision.
 _MAX_COUNT = 1e12
 _CLOCK_SKEW = 3600.0
+_MEMO = 4096  # distinct values a reply's reader remembers, whatever the reply holds
 _CACHED = " Cached from the last successful poll."
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    """One cascadeRuns row: a conversation's use of one model in one mode on one UTC day."""
+class Run(NamedTuple):
+    """One cascadeRuns row: a conversation's use of one model in one mode on one UTC day. A
+    named tuple: a reply holds up to limits.max_rows of them, made faster than a dataclass."""
 
     day: int  # days since the epoch
     model: str
@@ -58,6 +59,77 @@ class Run:
     messages: float
     prompts: float  # hundredths of a prompt credit
     cascade_id: str
+
+
+# A cascadeRuns row's fields, in RunRow's order.
+_RUN_INDEX = {
+    key: index
+    for index, key in enumerate(
+        ("day", "model", "mode", "messagesSent", "promptsUsed", "cascadeId")
+    )
+}
+_RUN_KEYS = frozenset(_RUN_INDEX)
+
+
+class RunRow(NamedTuple):
+    """A JSON object holding cascadeRuns fields only (every run row), as `compact_rows` reads
+    it: its fields' values (None: absent), read like the dict it replaces (`get`). A reply holds
+    up to hundreds of thousands of them: as dicts of strings they cost five times as much."""
+
+    day: Any = None
+    model: Any = None
+    mode: Any = None
+    messages: Any = None
+    prompts: Any = None
+    cascade_id: Any = None
+
+    def get(self, key: str) -> Any:
+        index = _RUN_INDEX.get(key)
+        return None if index is None else self[index]
+
+
+Row = dict[str, Any] | RunRow  # a row of the reply, read with `get`
+
+
+def compact_rows() -> Callable[[dict[str, Any]], Any]:
+    """The object_hook a CascadeAnalytics reply is read with: an object holding run fields only
+    becomes a RunRow, its values repeated across rows (day, model, mode, counts) one string
+    each; any other object stays a dict. So the reply's rows never all exist as dicts."""
+    once = _once()
+    number = _once()  # counts apart: their many values leave room for the labels' few
+
+    def hook(found: dict[str, Any]) -> Any:
+        if not found or not found.keys() <= _RUN_KEYS:
+            return found
+        get = found.get
+        return _tuple(
+            RunRow,
+            (
+                once(get("day")),
+                once(get("model")),
+                once(get("mode")),
+                number(get("messagesSent")),
+                number(get("promptsUsed")),
+                get("cascadeId"),
+            ),
+        )
+
+    return hook
+
+
+def _once() -> Callable[[Any], Any]:
+    """Strings -> the first equal one seen (of at most _MEMO kept); anything else as it is."""
+    seen: dict[str, str] = {}
+
+    def once(value: Any) -> Any:
+        if type(value) is not str:
+            return value
+        return seen.setdefault(value, value) if len(seen) < _MEMO else seen.get(value, value)
+
+    return once
+
+
+_tuple = tuple.__new__  # makes a RunRow without NamedTuple's keyword-argument __new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +199,13 @@ class _Reader:
         self.rows = 0
         self.skipped = 0
         self.dropped = 0
+        # The few distinct days, models and modes of a reply's many rows, each read once.
+        self._days: dict[str, tuple[int | None, bool]] = {}
+        self._numbers: dict[float, float] = {}
+        self._words: dict[str, str] = {}
+        self._modes: dict[str, str] = {}
 
-    def rows_of(self, entry: Any, key: str) -> list[dict[str, Any]]:
+    def rows_of(self, entry: Any, key: str) -> list[Row]:
         """`{key: {key: [rows]}}` -> its object rows, at most limits.max_rows of all."""
         inner = entry.get(key)
         rows = json_list(inner, key) if isinstance(inner, dict) else []
@@ -136,37 +213,65 @@ class _Reader:
         self.dropped += max(len(rows) - room, 0)
         kept = rows[:room]
         self.rows += len(kept)
-        objects = [r for r in kept if isinstance(r, dict)]
+        objects = [r for r in kept if isinstance(r, dict | RunRow)]
         self.skipped += len(kept) - len(objects)
         return objects
 
-    def count(self, row: Mapping[str, Any], key: str) -> float:
+    def count(self, row: Row, key: str) -> float:
         value, bad = count_field(row.get(key), _MAX_COUNT)
         if bad:
             self.unparsable[key] += 1
-        return value or 0.0
+        if not value:
+            return 0.0
+        if len(self._numbers) < _MEMO:  # counts repeat: one float each
+            return self._numbers.setdefault(value, value)
+        return self._numbers.get(value, value)
 
-    def text(self, row: Mapping[str, Any], key: str) -> str:
-        value, bad = text_field(row.get(key))
+    def text(self, row: Row, key: str) -> str:
+        value = row.get(key)
+        known = self._words.get(value) if type(value) is str else None
+        if known is not None:
+            return known
+        text, bad = text_field(value)
         if bad:
             self.unparsable[key] += 1
-        label, cut = label_value(value, self.limits)
+        label, cut = label_value(text, self.limits)
         self.cut += cut
+        if label == value and len(self._words) < _MEMO:  # kept as it is: nothing to count
+            self._words[label] = label
         return label
 
-    def day(self, row: Mapping[str, Any]) -> int | None:
-        seconds, bad = time_field(row.get("day"), self.latest)
-        if seconds is None:  # a day left out, malformed, or after the request
+    def mode(self, row: Row) -> str:
+        text = self.text(row, "mode")
+        label = self._modes.get(text)
+        if label is None:
+            label = mode_label(text)
+            if len(self._modes) < _MEMO:
+                self._modes[text] = label
+        return label
+
+    def day(self, row: Row) -> int | None:
+        value = row.get("day")
+        known = self._days.get(value) if type(value) is str else None
+        if known is None:
+            seconds, bad = time_field(value, self.latest)
+            known = (None if seconds is None else int(seconds // _DAY), bad)
+            if type(value) is str and len(self._days) < _MEMO:
+                self._days[value] = known
+        day, bad = known
+        if day is None:  # a day left out, malformed, or after the request
             self.unparsable["day"] += bad
             self.skipped += 1
-            return None
-        return int(seconds // _DAY)
+        return day
 
 
 def decode(document: Any, request: Request | None = None) -> Reply:
     """Top-level reply -> Reply. Each entry of queryResults is read by the one key it holds,
     whatever its place; an entry with none of the three is ignored, as are unknown fields."""
-    results = json_list(json_object(document), "queryResults")
+    # A top-level object of run fields only (RunRow) has no queryResults, like such a dict.
+    results = (
+        [] if isinstance(document, RunRow) else json_list(json_object(document), "queryResults")
+    )
     reader = _Reader(request or Request(METHOD, {}, ""))
     lines: list[tuple[int, float, float]] = []
     runs: list[Run] = []
@@ -196,7 +301,7 @@ def decode(document: Any, request: Request | None = None) -> Reply:
     )
 
 
-def _run(reader: _Reader, row: Mapping[str, Any], day: int) -> Run:
+def _run(reader: _Reader, row: Row, day: int) -> Run:
     # The id is only counted, never shown: no need to keep it whole.
     cascade_id, bad = text_field(row.get("cascadeId"))
     if bad:
@@ -204,7 +309,7 @@ def _run(reader: _Reader, row: Mapping[str, Any], day: int) -> Run:
     return Run(
         day=day,
         model=reader.text(row, "model"),
-        mode=mode_label(reader.text(row, "mode")),
+        mode=reader.mode(row),
         messages=reader.count(row, "messagesSent"),
         prompts=reader.count(row, "promptsUsed"),
         cascade_id=cascade_id,
@@ -320,7 +425,7 @@ class Cascade:
         longest = max(config.windows, key=lambda w: w.seconds)
         start = (now // _DAY - window_days(longest.seconds) + 1) * _DAY
         body = request_body(target, start, now)
-        return (Request(METHOD, body, target, longest, now, config.limits),)
+        return (Request(METHOD, body, target, longest, now, config.limits, json_hook=compact_rows),)
 
     def parse(self, request: Request, document: Any) -> Reply:
         return decode(document, request)

@@ -25,9 +25,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from exporter.config import Config, Limits, Window
 from exporter.exposition import Ages, Family, escape, labels, number, utf8
@@ -45,12 +46,14 @@ log = logging.getLogger("exporter.user_page")
 
 METHOD = "UserPageAnalytics"
 FEATURES = ("autocomplete", "chat", "command")
-_FEATURE_FIELDS = (
+_TIME_FIELDS = (
     "lastAutocompleteUsageTime",
     "lastChatUsageTime",
     "lastCommandUsageTime",
+    "signupTime",
 )
 _APPROVED = "USER_TEAM_STATUS_APPROVED"
+_UPDATED = "lastUpdateTime"
 _CACHED = " Cached from the last successful poll."
 _DAY = 86400.0
 # Impossible values are unusable, not data: counts are never negative, credits stay far below
@@ -59,13 +62,19 @@ _DAY = 86400.0
 _MAX_CREDITS = 1e15
 _MAX_DAYS = 366 * 100.0  # a request without a window
 _CLOCK_SKEW = 3600.0
+_MEMO = 4096  # distinct values a reply's reader keeps once, whatever the reply holds
 _HEX = frozenset("0123456789abcdef")
 OTHER = "other"  # the role / team_status value of those over limits.max_label_values
 
 
-@dataclass(frozen=True, slots=True)
-class UserStats:
-    """One user's row of a group, merged across the configured activeDays windows."""
+_NEVER: tuple[None, None, None] = (None, None, None)
+_NO_DAYS: Mapping[str, float] = MappingProxyType({})
+
+
+class UserStats(NamedTuple):
+    """One user's row of a group, merged across the configured activeDays windows. A named
+    tuple: the cheapest immutable record to make and to keep, one per person of every group;
+    people with the same activeDays share one read-only mapping of them."""
 
     email: str
     name: str = ""
@@ -73,9 +82,9 @@ class UserStats:
     team_status: str = ""
     disabled: bool = False
     signup: float | None = None
-    last_usage: tuple[float | None, float | None, float | None] = (None, None, None)
+    last_usage: tuple[float | None, float | None, float | None] = _NEVER
     prompt_credits: float | None = None
-    active_days: Mapping[str, float] = field(default_factory=dict)
+    active_days: Mapping[str, float] = _NO_DAYS
 
     @property
     def last_any_usage(self) -> float | None:
@@ -145,7 +154,7 @@ def totals(
         by_team_status=by_status,
         by_role=by_role,
         idle_since=tuple(
-            sorted(u.idle_since for u in users if u.billable and u.idle_since is not None)
+            sorted(t for u in users if u.billable and (t := u.idle_since) is not None)
         ),
         folded=folded_statuses + folded_roles,
     )
@@ -198,26 +207,39 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
     rows = json_list(document, "userTableStats")
     reader = _Reader(request or Request(METHOD, {}, ""))
     kept = rows[: reader.limits.max_rows]
-    users = [u for u in map(reader.user, kept) if u is not None]
-    # When the API last refreshed these people's numbers (it does every few hours).
-    updates = [reader.time(row, "lastUpdateTime") for row in kept if isinstance(row, dict)]
+    users = []
+    days = []
+    updated = None  # when the API last refreshed these people's numbers (every few hours)
+    for row in kept:
+        if not isinstance(row, dict):
+            continue
+        update = reader.update(row)
+        if update is not None and (updated is None or update > updated):
+            updated = update
+        user = reader.user(row)
+        if user is not None:
+            users.append(user[0])
+            days.append(user[1])
     return Page(
-        rows=tuple(u for u, _ in users),
+        rows=tuple(users),
         billing_start=reader.time(document, "billingCycleStart"),
         billing_end=reader.time(document, "billingCycleEnd", math.inf),
-        active_days=tuple(days for _, days in users),
+        active_days=tuple(days),
         size=len(rows),
         no_email=len(kept) - len(users),
         limited={"max_rows": len(rows) - len(kept), "max_label_length": reader.cut},
         unparsable=dict(reader.unparsable),
-        updated=max((t for t in updates if t is not None), default=None),
+        updated=updated,
     )
 
 
 class _Reader:
     """Reads one reply's values against its request: times not after it was asked (plus clock
     skew), activeDays within its window, credits and counts not negative nor absurd, strings
-    as label values can hold them. Counts what it cannot use, and the strings it cuts."""
+    as label values can hold them. Counts what it cannot use, and the strings it cuts.
+
+    Values repeated on many rows are kept once: role and teamStatus as interned strings,
+    numbers as one float each, and lastUpdateTime (the same on every row) is read once."""
 
     def __init__(self, request: Request) -> None:
         window = request.window
@@ -227,49 +249,92 @@ class _Reader:
         self.latest = math.inf if asked is None else asked + _CLOCK_SKEW
         self.unparsable: Counter[str] = Counter()
         self.cut = 0
-
-    def _bad(self, key: str, bad: bool) -> None:
-        if bad:
-            self.unparsable[key] += 1
+        self._most = self.limits.max_label_length
+        self._numbers: dict[float, float] = {}
+        self._words: dict[str, str] = {}
+        self._update: tuple[Any, float | None, bool] = (None, None, False)
 
     def time(self, row: Mapping[str, Any], key: str, latest: float | None = None) -> float | None:
         value, bad = time_field(row.get(key), self.latest if latest is None else latest)
-        self._bad(key, bad)
+        if bad:
+            self.unparsable[key] += 1
+        return value
+
+    def update(self, row: Mapping[str, Any]) -> float | None:
+        """lastUpdateTime, read again only when it differs from the previous row's."""
+        text = row.get(_UPDATED)
+        last, value, bad = self._update
+        if text != last or type(text) is not str:
+            value, bad = time_field(text, self.latest)
+            self._update = (text, value, bad)
+        if bad:
+            self.unparsable[_UPDATED] += 1
         return value
 
     def count(self, row: Mapping[str, Any], key: str, maximum: float) -> float | None:
         value, bad = count_field(row.get(key), maximum)
-        self._bad(key, bad)
-        return value
+        if bad:
+            self.unparsable[key] += 1
+            return None
+        if value is None:
+            return None
+        if len(self._numbers) < _MEMO:  # credits and days repeat: one float each
+            return self._numbers.setdefault(value, value)
+        return self._numbers.get(value, value)
 
     def text(self, row: Mapping[str, Any], key: str) -> str:
-        value, bad = text_field(row.get(key))
-        self._bad(key, bad)
-        label, cut = label_value(value.strip() if key == "email" else value, self.limits)
+        value = row.get(key)
+        if type(value) is str:
+            if key == "email":
+                value = value.strip()
+            if value.isascii() and len(value) <= self._most:
+                return value  # what label_value would make of it, only faster
+        text, bad = text_field(value)
+        if bad:
+            self.unparsable[key] += 1
+        label, cut = label_value(text, self.limits)
         self.cut += cut
         return label
 
-    def user(self, row: Any) -> tuple[UserStats, float | None] | None:
+    def word(self, row: Mapping[str, Any], key: str) -> str:
+        """A text repeated on many rows (role, teamStatus): one interned string each, read once
+        when it is kept as it is."""
+        value = row.get(key)
+        known = self._words.get(value) if type(value) is str else None
+        if known is None:
+            known = sys.intern(self.text(row, key))
+            if known == value and len(self._words) < _MEMO:
+                self._words[known] = known
+        return known
+
+    def user(self, row: dict[str, Any]) -> tuple[UserStats, float | None] | None:
         """A row with an email -> its UserStats and activeDays; None for a row with no email."""
-        if not isinstance(row, dict):
-            return None
         email = self.text(row, "email")
         if not email:
             return None
-        usage = [self.time(row, f) for f in _FEATURE_FIELDS]
+        latest = self.latest
+        times = []
+        for key in _TIME_FIELDS:  # the usage times, then the signup
+            value, bad = time_field(row.get(key), latest)
+            if bad:
+                self.unparsable[key] += 1
+            times.append(value)
+        usage = (times[0], times[1], times[2])
         days = self.count(row, "activeDays", self.max_days)
-        disabled, bad = bool_field(row.get("disableCodeium"))
-        self._bad("disableCodeium", bad)
+        disabled = row.get("disableCodeium")
+        if type(disabled) is not bool:
+            disabled, bad = bool_field(disabled)
+            if bad:
+                self.unparsable["disableCodeium"] += 1
         stats = UserStats(
-            email=email,
-            name=self.text(row, "name"),
-            # A handful of values repeated on every row: one string each, not one per user.
-            role=sys.intern(self.text(row, "role")),
-            team_status=sys.intern(self.text(row, "teamStatus")),
-            disabled=disabled,
-            signup=self.time(row, "signupTime"),
-            last_usage=(usage[0], usage[1], usage[2]),
-            prompt_credits=self.count(row, "promptCreditsUsed", _MAX_CREDITS),
+            email,
+            self.text(row, "name"),
+            self.word(row, "role"),
+            self.word(row, "teamStatus"),
+            disabled,
+            times[3],
+            _NEVER if usage == _NEVER else usage,
+            self.count(row, "promptCreditsUsed", _MAX_CREDITS),
         )
         return stats, days
 
@@ -305,23 +370,24 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
     users: dict[str, UserStats] = {}
     active: dict[str, dict[str, float]] = {}
     skipped = first.no_email
+    for user, days in zip(first.rows, first.active_days, strict=True):
+        if user.email in users:
+            skipped += 1
+        else:
+            users[user.email] = user
+            active[user.email] = {} if days is None else {pages[0][0]: days}
     missing: set[str] = set()  # windows whose reply lacks someone of the first
-    for index, (window, page) in enumerate(pages):
+    for window, page in pages[1:]:
         seen = set()
         for user, days in zip(page.rows, page.active_days, strict=True):
-            if index == 0 and user.email in users:
-                skipped += 1
-                continue
-            if index == 0:
-                users[user.email], active[user.email] = user, {}
-            elif user.email not in users:
-                continue
-            seen.add(user.email)
-            if days is not None:
-                active[user.email].setdefault(window, days)
+            known = active.get(user.email)
+            if known is not None:
+                seen.add(user.email)
+                if days is not None:
+                    known.setdefault(window, days)
         if len(seen) < len(users):
             missing.add(window)
-    stats = tuple(replace(u, active_days=active[e]) for e, u in users.items())
+    stats = tuple(_with_days(users.values(), active.values()))
     # A person missing from a window's reply (the team changed between two requests) makes
     # that window's count unknown, not smaller.
     windows = [window for window, _ in pages]
@@ -342,6 +408,20 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
         unparsable=dict(sorted(unparsable.items())),
         updated=max((p.updated for _, p in pages if p.updated is not None), default=None),
     )
+
+
+def _with_days(
+    users: Iterable[UserStats], active: Iterable[Mapping[str, float]]
+) -> Iterator[UserStats]:
+    """Each user with their activeDays, one read-only mapping for everyone with the same ones
+    (there are few distinct ones: a few bytes a person instead of a dict)."""
+    shared: dict[tuple[tuple[str, float], ...], Mapping[str, float]] = {}
+    for user, days in zip(users, active, strict=True):
+        key = tuple(days.items())
+        mapping = shared.get(key)
+        if mapping is None:
+            mapping = shared[key] = MappingProxyType(dict(key))
+        yield UserStats(*user[:-1], mapping)
 
 
 def user_hash(email: str, salt: str = "") -> str:

@@ -19,6 +19,8 @@ from exporter.state import MalformedResponse
 # Unambiguous, so a match is linear: `[0-9]+\.?[0-9]*` backtracked quadratically over long digits.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _UTC = "+00:00"
+_fromisoformat = datetime.fromisoformat  # looked up once: it reads every time of every row
+_TENS = tuple(10**n for n in range(10))  # 10**digits of a fraction
 # Longer than any number or RFC 3339 time the API writes (a double's repr fits in 24, a time
 # with 9 fraction digits and an offset in 35): refused before any regex or parser sees them.
 MAX_NUMBER_TEXT = 64
@@ -42,22 +44,26 @@ def _seconds(value: Any) -> float | None:
     text = value.strip()
     if len(text) < 20 or not text.isascii() or text[10] not in "Tt " or text[19] not in ".Zz+-":
         return None
-    head, rest, fraction = text[:19], text[19:], ""
-    if rest[0] == ".":
-        digits = len(rest) - len(rest[1:].lstrip("0123456789")) - 1
-        fraction, rest = rest[1 : 1 + digits], rest[1 + digits :]
+    head = text[:19]
+    if text[19] == ".":
+        rest = text[20:].lstrip("0123456789")
+        digits = len(text) - len(rest) - 20
         if not 1 <= digits <= 9:
             return None
-    offset = _offset(rest)
+        fraction = int(text[20 : 20 + digits]) / _TENS[digits]
+    else:
+        rest, fraction = text[19:], 0.0
+    offset = _UTC if rest in ("Z", "z") else _offset(rest)
     if offset is None:
         return None
-    leap = head[17:] == "60"  # a leap second is the next second's start
     try:
-        seconds = datetime.fromisoformat(head[:17] + "59" + offset if leap else head + offset)
+        if head[17:] == "60":  # a leap second is the next second's start
+            whole = _fromisoformat(head[:17] + "59" + offset).timestamp() + 1
+        else:
+            whole = _fromisoformat(head + offset).timestamp()
     except ValueError:
         return None
-    whole = seconds.timestamp() + leap
-    return whole + int(fraction) / 10 ** len(fraction) if fraction else whole
+    return whole + fraction if fraction else whole
 
 
 def _offset(text: str) -> str | None:
@@ -104,6 +110,10 @@ def time_field(value: Any, latest: float) -> tuple[float | None, bool]:
 def count_field(value: Any, maximum: float) -> tuple[float | None, bool]:
     """A count in [0, maximum]: (count or None, unusable?); absent or null is 0, since
     protobuf JSON omits zero-valued fields."""
+    if type(value) is str and len(value) <= MAX_NUMBER_TEXT and value.isascii() and value.isdigit():
+        value = float(value)  # the usual form, read as parse_number reads it, only faster
+    if (type(value) is int or type(value) is float) and 0 <= value <= maximum:
+        return float(value), False
     if value is None:
         return 0.0, False
     number = parse_number(value)
