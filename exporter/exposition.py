@@ -171,7 +171,7 @@ def crc32_combine(crc: int, following: int, length: int) -> int:
     return register ^ 0xFFFFFFFF ^ following
 
 
-def _batched(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+def batched(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     """The chunks in order, the small ones joined up to at least `size` bytes."""
     held: list[bytes] = []
     length = 0
@@ -212,7 +212,7 @@ class StaticBody:
             return b"".join([inflated(self.pieces), *tail])
         crc, size = self._crc, self._size
         blocks = []
-        for chunk in _batched(tail, CHUNK):
+        for chunk in batched(tail, CHUNK):
             blocks.append(_POOL.submit(deflated, chunk))
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
