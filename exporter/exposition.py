@@ -74,15 +74,16 @@ def family_lines(header: T, chunks: Sequence[T]) -> list[T]:
 class Ages:
     """Lines whose value is `now - t` at scrape time, clamped at 0 so clock skew reads as 0.
 
-    Kept as %-templates of the lines (UTF-8, a chunk each of about CHUNK bytes) and
-    their times as doubles: a scrape formats each chunk's numbers in one call, the hot loop
-    of every scrape, and hands the chunks on one at a time, never the whole text at once.
+    Kept as %-templates of the lines (UTF-8, a chunk each of about CHUNK bytes, compressed:
+    a tenth of the size, inflated again in a fraction of the time it takes to format them)
+    and their times as doubles: a scrape formats each chunk's numbers in one call, the hot
+    loop of every scrape, and hands the chunks on one at a time, never the whole text at once.
     """
 
     __slots__ = ("_chunks", "_latest")
 
     def __init__(self, lines: Iterable[tuple[str, float]]) -> None:
-        self._chunks: list[tuple[bytes, array[float]]] = []
+        self._chunks: list[tuple[bytes, int, array[float]]] = []
         self._latest = -math.inf
         template: list[str] = []
         times = array("d")
@@ -99,17 +100,19 @@ class Ages:
             self._add(template, times)
 
     def _add(self, template: list[str], times: array[float]) -> None:
-        self._chunks.append((utf8("".join(template)), times))
+        text = utf8("".join(template))
+        self._chunks.append((zlib.compress(text, 1, wbits=-15), len(text), times))
         self._latest = max(self._latest, *times)
 
     def render(self, now: float) -> Iterator[bytes]:
         """The lines at `now`, a chunk at a time."""
-        if self._latest < now:  # no time ahead of the clock: nothing to clamp
-            for template, times in self._chunks:
-                yield template % tuple([now - t for t in times])
-        else:
-            for template, times in self._chunks:
+        clamp = self._latest >= now  # else no time is ahead of the clock
+        for packed, size, times in self._chunks:
+            template = zlib.decompress(packed, -15, size)
+            if clamp:
                 yield template % tuple([now - t if t < now else 0.0 for t in times])
+            else:
+                yield template % tuple([now - t for t in times])
 
 
 # A gzip member's header (RFC 1952): deflate, no name, no time, unknown OS.
