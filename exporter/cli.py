@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import logging
@@ -43,6 +44,23 @@ DEFAULT_CONFIG = "config.yaml"
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 log = logging.getLogger("exporter")
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _libc()
+
+
+def _give_back_freed_memory() -> None:
+    """Return the memory a poll freed (its JSON, its render's transients) to the system: glibc
+    keeps freed heap pages mapped, so resident memory would stay at each poll's peak."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +322,7 @@ class Exporter:
             finally:
                 if collecting:
                     gc.enable()
+            _give_back_freed_memory()
             if self.poller.ready.is_set():
                 self._rendered.set()
 
