@@ -46,14 +46,14 @@ EXIT_CONFIG = 2
 log = logging.getLogger("exporter")
 
 
-def _libc() -> Any:
+def _malloc_trim() -> Any:
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc only
     except (OSError, AttributeError):
         return None
 
 
-_MALLOC_TRIM = _libc()
+_MALLOC_TRIM = _malloc_trim()
 
 
 def _give_back_freed_memory() -> None:

@@ -2,8 +2,8 @@
 
 The health families of every polled target are here; each source renders its own data
 (exporter/sources). Everything that does not depend on the scrape time is rendered once per
-poll result and cached (also gzip-compressed); only ages and idle counts are formatted per
-scrape. The health of a group "eng" looks like:
+poll result and kept only compressed; only ages and idle counts are formatted (and compressed)
+per scrape. The health of a group "eng" looks like:
 
     windsurf_up{group="eng"} 1
     windsurf_exporter_last_success_timestamp_seconds{group="eng"} 1.7e9
