@@ -57,8 +57,9 @@ _MALLOC_TRIM = _malloc_trim()
 
 
 def _give_back_freed_memory() -> None:
-    """Return the memory a poll freed (its JSON, its render's transients) to the system: glibc
-    keeps freed heap pages mapped, so resident memory would stay at each poll's peak."""
+    """Return the memory a poll or a scrape freed (JSON, a render's transients, a body) to the
+    system: glibc keeps freed heap pages mapped, one heap per thread, so resident memory would
+    stay at the peak of each poll and of each thread that answered a scrape."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
@@ -302,6 +303,7 @@ class Exporter:
             lifecycle=args.enable_lifecycle,
             max_connections=args.max_connections,
             max_requests=args.max_requests,
+            scraped=_give_back_freed_memory,
         )
         self.server: Server | None = None
 
