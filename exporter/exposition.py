@@ -133,8 +133,8 @@ def deflated(piece: bytes) -> bytes:
 
 class Piece(bytes):
     """A piece of exposition text kept only compressed: its raw deflate blocks (`deflated`),
-    with the CRC-32 and length of the text, all a gzip body needs of it. The text itself
-    comes back with `inflated`, for the rare scrape without gzip."""
+    with the CRC-32 and length of the text, all a gzip body needs of it (`inflated` gives
+    the text back)."""
 
     crc: int
     size: int
@@ -155,7 +155,7 @@ def header_piece(family: Family, openmetrics: bool) -> Piece:
 
 
 def inflated(pieces: Iterable[bytes]) -> bytes:
-    """The text of consecutive pieces (`Piece`)."""
+    """The text of consecutive pieces (`Piece`), as a test reads it."""
     decompressor = zlib.decompressobj(-15)
     return b"".join([decompressor.decompress(p) for p in pieces])
 
@@ -210,9 +210,9 @@ class StaticBody:
 
     def body(self, tail: Iterable[bytes], gzip: bool) -> bytes:
         """The pieces then `tail`, gzip-compressed when asked: each chunk of the tail is
-        compressed while the next one is made."""
-        if not gzip:
-            return b"".join([inflated(self.pieces), *tail])
+        compressed while the next one is made. Uncompressed (rare: Prometheus asks for gzip),
+        it is the gzip body inflated into one buffer of its known size: the text is never
+        held twice, as joining inflated pieces would."""
         crc, size = self._crc, self._size
         blocks = []
         for chunk in batched(tail, CHUNK):
@@ -220,6 +220,7 @@ class StaticBody:
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
         trailer = struct.pack("<II", crc, size % 2**32)
-        return b"".join(
+        packed = b"".join(
             [_GZIP_HEADER, *self.pieces, *[b.result() for b in blocks], _FINAL_BLOCK, trailer]
         )
+        return packed if gzip else zlib.decompress(packed, 31, size)
