@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import logging
@@ -43,6 +44,24 @@ DEFAULT_CONFIG = "config.yaml"
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 log = logging.getLogger("exporter")
+
+
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def _give_back_freed_memory() -> None:
+    """Return the memory a poll or a scrape freed (JSON, a render's transients, a body) to the
+    system: glibc keeps freed heap pages mapped, one heap per thread, so resident memory would
+    stay at the peak of each poll and of each thread that answered a scrape."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,6 +303,7 @@ class Exporter:
             lifecycle=args.enable_lifecycle,
             max_connections=args.max_connections,
             max_requests=args.max_requests,
+            scraped=_give_back_freed_memory,
         )
         self.server: Server | None = None
 
@@ -304,6 +324,7 @@ class Exporter:
             finally:
                 if collecting:
                     gc.enable()
+            _give_back_freed_memory()
             if self.poller.ready.is_set():
                 self._rendered.set()
 

@@ -2,8 +2,8 @@
 
 The health families of every polled target are here; each source renders its own data
 (exporter/sources). Everything that does not depend on the scrape time is rendered once per
-poll result and cached (also gzip-compressed); only ages and idle counts are formatted per
-scrape. The health of a group "eng" looks like:
+poll result and kept only compressed; only ages and idle counts are formatted (and compressed)
+per scrape. The health of a group "eng" looks like:
 
     windsurf_up{group="eng"} 1
     windsurf_exporter_last_success_timestamp_seconds{group="eng"} 1.7e9
@@ -27,7 +27,17 @@ from prometheus_client.openmetrics import exposition as om_exposition
 
 from exporter import __version__
 from exporter.config import Config
-from exporter.exposition import Family, StaticBody, family_lines, labels, number, utf8
+from exporter.exposition import (
+    Family,
+    Piece,
+    StaticBody,
+    family_lines,
+    header_piece,
+    labels,
+    number,
+    piece,
+    utf8,
+)
 from exporter.sources import SOURCES, Rendered, Source
 from exporter.sources.base import Health, Live, Parts
 from exporter.state import OUTCOMES, REASONS, Report, Snapshot, SourceState, is_live
@@ -272,8 +282,6 @@ class Collector:
         self._rendered: dict[str, _Cached] = {}
         self._parts: dict[str, Mapping[Hashable, Any]] = {}
         self._static: dict[bool, _Static] = {}
-        # Each static piece's deflate blocks by its id, shared by both formats' bodies.
-        self._deflated: dict[int, tuple[bytes, bytes]] = {}
         self._lock = threading.Lock()
         self._build = (
             f"{BUILD.name}"
@@ -306,11 +314,7 @@ class Collector:
     ) -> bytes:
         """The whole exposition at time `now`, gzip-compressed when asked."""
         rendered, static = self._static_now(snapshot, now, openmetrics)
-        dynamic = utf8(
-            _rate_limited(snapshot, now, openmetrics)
-            + self._dynamic_part(rendered, now, openmetrics)
-        )
-        return static.body.body(dynamic, gzip)
+        return static.body.body(self._dynamic_part(snapshot, rendered, now, openmetrics), gzip)
 
     def _render_source(
         self, source: Source, config: Config, reports: tuple[tuple[tuple[str, str], Report], ...]
@@ -356,33 +360,45 @@ class Collector:
             f"{POLL_REQUESTS.header(openmetrics)}{POLL_REQUESTS.name} "
             f"{poll_requests(snapshot.config)}\n"
         )
-        pieces = [utf8("".join(out))]
+        pieces = [piece("".join(out))]
         for source, lines in zip(SOURCES, rendered, strict=True):
             for family in source.families:
-                chunk = lines.static.get(family, b"")
-                ours = [chunk] if isinstance(chunk, bytes) else list(chunk)
-                pieces.extend(family_lines(family.header(openmetrics).encode(), ours))
-        static = _Static(snapshot, live, StaticBody(pieces, self._deflated))
+                ours = _pieces(lines.static.get(family, ()))
+                pieces.extend(family_lines(header_piece(family, openmetrics), ours))
+        static = _Static(snapshot, live, StaticBody(pieces))
         with self._lock:
             self._static[openmetrics] = static
-            # Only the pieces of the bodies in use keep their compressed blocks.
-            used = {id(p) for s in self._static.values() for p in s.body.pieces}
-            self._deflated = {k: v for k, v in self._deflated.items() if k in used}
         return static
 
-    def _dynamic_part(self, rendered: list[Rendered], now: float, openmetrics: bool) -> str:
-        out = []
+    def _dynamic_part(
+        self, snapshot: Snapshot, rendered: list[Rendered], now: float, openmetrics: bool
+    ) -> Iterator[bytes]:
+        """The lines computed at scrape time, in chunks as the sources make them."""
+        yield utf8(_rate_limited(snapshot, now, openmetrics))
         for source, lines in zip(SOURCES, rendered, strict=True):
             for family in source.families:
                 if family in lines.dynamic:
-                    chunk = lines.dynamic[family](now)
-                    out.extend(family_lines(family.header(openmetrics), [chunk]))
+                    header = utf8(family.header(openmetrics))
+                    for chunk in lines.dynamic[family](now):
+                        if chunk and header:  # a family's header only when it has a line
+                            yield header
+                            header = b""
+                        yield chunk
         if self._registry is not None:
             if openmetrics:
-                extra = om_exposition.generate_latest(self._registry).decode()  # type: ignore[no-untyped-call]
-                out.append(extra.removesuffix("# EOF\n"))
+                extra = om_exposition.generate_latest(self._registry)  # type: ignore[no-untyped-call]
+                yield extra.removesuffix(b"# EOF\n")
             else:
-                out.append(text_exposition.generate_latest(self._registry).decode())
+                yield text_exposition.generate_latest(self._registry)
         if openmetrics:
-            out.append("# EOF\n")
-        return "".join(out)
+            yield b"# EOF\n"
+
+
+def _pieces(lines: bytes | tuple[bytes, ...]) -> list[Piece]:
+    """A family's static lines as the compressed pieces its source made them."""
+    out = []
+    for chunk in [lines] if isinstance(lines, bytes) else lines:
+        if not isinstance(chunk, Piece):
+            raise TypeError("a source's static lines must be made by exposition.piece")
+        out.append(chunk)
+    return out

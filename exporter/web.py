@@ -55,6 +55,8 @@ class App:
     header_timeout: float = 5.0  # from accept (or the request line) to the end of the headers
     idle_timeout: float = 60.0  # a keep-alive connection waiting for its next request
     write_timeout: float = 60.0  # a whole answer, however slowly the client reads
+    # Called once a scrape's body is sent and dropped (cli gives its memory back to the system).
+    scraped: Callable[[], None] = lambda: None
 
 
 _BCRYPT_MAX_PASSWORD = 72  # bcrypt ignores (bcrypt 5 refuses) longer passwords
@@ -609,6 +611,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":  # the headers a GET would get, without rendering the body
             self._send(HTTPStatus.OK, b"", content_type, headers)
             return
+        self._scrape(openmetrics, gzip, content_type, headers)
+        self.server.app.scraped()  # the body is no one's now (this frame held it, too)
+
+    def _scrape(
+        self, openmetrics: bool, gzip: bool, content_type: str, headers: Mapping[str, str]
+    ) -> None:
         with ExitStack() as held:
             try:
                 body = held.enter_context(self.server.scrapes.body(openmetrics, gzip))

@@ -173,6 +173,17 @@ def test_content_negotiation(sales: Running, fake_api: FakeWindsurf) -> None:
     assert "content-encoding" not in plain.headers
 
 
+def test_the_memory_of_each_sent_body_is_given_back_and_a_head_renders_none(
+    sales: Running,
+) -> None:
+    sent: list[int] = []
+    sales.exporter.app.scraped = lambda: sent.append(1)
+    assert sales.scrape(**{"Accept-Encoding": "gzip"}).status_code == 200
+    assert sales.scrape(**{"Accept-Encoding": "identity"}).status_code == 200
+    assert httpx.head(sales.url + "/metrics", timeout=10).status_code == 200
+    assert len(sent) == 2
+
+
 @pytest.mark.parametrize(
     ("accept_encoding", "gzip"),
     [

@@ -12,6 +12,7 @@ import pytest
 from exporter.collector import Collector
 from exporter.config import Config, ConfigError, Window, parse_config
 from exporter.demo import FakeWindsurf, Fault
+from exporter.exposition import inflated
 from exporter.sources.base import Parts
 from exporter.sources.team import TEAM
 from exporter.sources.user_page import (
@@ -184,6 +185,6 @@ def test_a_new_report_of_one_group_redoes_only_the_pieces_it_changes() -> None:
     assert third.kept[("group", "ops")][2] is second.kept[("group", "ops")][2]
     assert third.kept[("group", "lab")][2] is second.kept[("group", "lab")][2]
     assert third.kept[("info", "lab")][2] is second.kept[("info", "lab")][2]
-    info = b"".join(rendered.static[USER_INFO]).decode()
+    info = inflated(rendered.static[USER_INFO]).decode()
     assert 'group="ops",user="bob@example.com"' in info
     assert info.count('groups="eng,ops"') == 2

@@ -9,7 +9,7 @@ Adding a source is one module here with one object implementing `Source`, plus i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -40,12 +40,13 @@ class Request:
 
 @dataclass(frozen=True)
 class Rendered:
-    """One target's report as exposition lines: per family, the UTF-8 lines that only a new
-    poll changes (bytes, or pieces of them in order, kept apart so each is compressed once
-    and reused while unchanged), and the lines computed at scrape time from `now`."""
+    """One target's report as exposition lines: per family, the lines that only a new poll
+    changes (an `exposition.piece`, compressed once, or several in order, kept apart so each
+    is reused while unchanged), and the UTF-8 lines computed at scrape time from `now`, in
+    chunks (so no scrape holds them all at once)."""
 
     static: Mapping[Family, bytes | tuple[bytes, ...]] = field(default_factory=dict)
-    dynamic: Mapping[Family, Callable[[float], str]] = field(default_factory=dict)
+    dynamic: Mapping[Family, Callable[[float], Iterable[bytes]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from exporter.config import Config, Limits
-from exporter.exposition import Family, labels, number, utf8
+from exporter.exposition import Family, labels, number, piece
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.user_page import bounded, label_value
 from exporter.sources.values import count_field, json_list, json_object, text_field, time_field
@@ -447,7 +447,7 @@ class Cascade:
                 team = config.team and not target
                 _lines(out, report, 1 if team else 0, [] if team else [("group", target)])
                 _losses(out, report, target)
-        return Rendered(static={f: utf8("".join(ls)) for f, ls in out.items()})
+        return Rendered(static={f: piece("".join(ls)) for f, ls in out.items()})
 
 
 def _lines(

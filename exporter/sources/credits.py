@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.config import Config
-from exporter.exposition import Family, number, utf8
+from exporter.exposition import Family, number, piece
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.values import count_field, json_object
 
@@ -153,7 +153,7 @@ class Credits:
             return Rendered()
         return Rendered(
             static={
-                family: utf8(f"{family.name} {number(value)}\n")
+                family: piece(f"{family.name} {number(value)}\n")
                 for name, family in FAMILIES.items()
                 if (value := report.values.get(name)) is not None
             }

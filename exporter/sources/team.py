@@ -15,7 +15,7 @@ import functools
 from collections.abc import Hashable
 
 from exporter.config import Config
-from exporter.exposition import Family, labels, number, utf8
+from exporter.exposition import Family, labels, number, piece
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.user_page import TEAM_KEY, GroupReport, Replies, idle_counts, plan
 
@@ -128,7 +128,7 @@ def render_team(team: GroupReport, config: Config) -> Rendered:
         TEAM_UNPARSABLE: [(labels([("field", f)]), n) for f, n in team.unparsable.items()],
     }
     static = {
-        family: utf8("".join(f"{family.name}{pairs} {number(v)}\n" for pairs, v in values))
+        family: piece("".join(f"{family.name}{pairs} {number(v)}\n" for pairs, v in values))
         for family, values in lines.items()
         if any(v is not None for _, v in values)
     }

@@ -31,7 +31,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from exporter.config import Config, Limits, Window
-from exporter.exposition import Ages, Family, escape, labels, number, utf8
+from exporter.exposition import Ages, Family, Piece, escape, labels, number, piece, utf8
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.values import (
     bool_field,
@@ -1041,11 +1041,11 @@ class _Lines:
         if lines:
             self._lines.setdefault(family, []).extend(lines)
 
-    def static(self) -> dict[Family, bytes]:
-        """The lines as UTF-8, each family's list dropped once encoded (a render's peak)."""
+    def static(self) -> dict[Family, Piece]:
+        """The lines as pieces, each family's list dropped once compressed (a render's peak)."""
         out = {}
         for family in list(self._lines):
-            out[family] = utf8("".join(self._lines.pop(family)))
+            out[family] = piece("".join(self._lines.pop(family)))
         return out
 
 
@@ -1137,7 +1137,7 @@ def _combine(pieces: Sequence[Rendered]) -> Rendered:
     kept as the pieces' bytes (not joined: a piece reused by the next rendering is neither
     copied nor compressed again)."""
     static: dict[Family, tuple[bytes, ...]] = {}
-    dynamic: dict[Family, Callable[[float], str]] = {}
+    dynamic: dict[Family, Callable[[float], Iterable[bytes]]] = {}
     for family in USER_PAGE.families:
         chunks = [p.static[family] for p in pieces if family in p.static]
         if chunks:
@@ -1148,8 +1148,9 @@ def _combine(pieces: Sequence[Rendered]) -> Rendered:
     return Rendered(static=static, dynamic=dynamic)
 
 
-def _joined(renders: Sequence[Callable[[float], str]], now: float) -> str:
-    return "".join([render(now) for render in renders])
+def _joined(renders: Sequence[Callable[[float], Iterable[bytes]]], now: float) -> Iterator[bytes]:
+    for render in renders:
+        yield from render(now)
 
 
 Add = Callable[[Family, Sequence[tuple[str, str]], float], None]
@@ -1202,16 +1203,17 @@ def _joined_active(
 
 def idle_counts(
     family: Family, totals: Sequence[tuple[tuple[str, str] | None, Totals]], config: Config
-) -> Callable[[float], str]:
+) -> Callable[[float], Iterable[bytes]]:
     """`family`'s lines at scrape time: billable users idle beyond each idle_thresholds entry,
     per labelled set of totals (None: no label)."""
 
-    def render(now: float) -> str:
-        return "".join(
+    def render(now: float) -> Iterable[bytes]:
+        text = "".join(
             f"{family.name}{labels([*([label] if label else []), ('idle_for', t.label)])} "
             f"{bisect.bisect_left(agg.idle_since, now - t.seconds)}\n"
             for label, agg in totals
             for t in config.idle_thresholds
         )
+        return (utf8(text),)
 
     return render
