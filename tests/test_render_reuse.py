@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from exporter.config import Config, LabelConfig, Secret, Window
+from exporter.exposition import inflated
 from exporter.sources.base import Parts, Rendered
 from exporter.sources.team import TEAM
 from exporter.sources.user_page import USER_PAGE, GroupReport, build_report, decode_page
@@ -42,8 +43,10 @@ def report(*pages: tuple[str, list[dict[str, Any]]]) -> GroupReport:
 
 def text(rendered: Rendered) -> dict[str, bytes]:
     """Everything a rendering shows, by family name (ages at NOW)."""
-    out = {f.name: b"".join(c) if isinstance(c, tuple) else c for f, c in rendered.static.items()}
-    out.update({f.name: render(NOW).encode() for f, render in rendered.dynamic.items()})
+    out = {
+        f.name: inflated(c if isinstance(c, tuple) else (c,)) for f, c in rendered.static.items()
+    }
+    out.update({f.name: b"".join(render(NOW)) for f, render in rendered.dynamic.items()})
     return out
 
 
