@@ -319,6 +319,7 @@ class Collector:
     def _render_source(
         self, source: Source, config: Config, reports: tuple[tuple[tuple[str, str], Report], ...]
     ) -> Rendered:
+        reports = tuple(r for r in reports if r[0][0] in source.reads)
         with self._lock:
             cached = self._rendered.get(source.name)
         if cached is not None and cached.holds(config, reports):

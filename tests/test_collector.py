@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.collector import Collector
 from exporter.config import Config, Window
 from exporter.exposition import Ages
+from exporter.sources.cascade import CASCADE, CascadeReport
 from exporter.sources.team import TEAM
 from exporter.sources.user_page import USER_PAGE, build_report, decode_page
 from exporter.state import Reason, Snapshot, SourceState
@@ -427,3 +428,37 @@ def test_an_age_line_keeps_a_percent_sign_of_its_labels_and_clamps_a_future_time
     ages = Ages([('a{user="100% %s %d"} ', NOW - 1.5), ("b ", NOW + 60)])
     assert b"".join(ages.render(NOW)) == b'a{user="100% %s %d"} 1.500\nb 0.000\n'
     assert b"".join(Ages([]).render(NOW)) == b""
+
+
+def test_a_poll_of_another_source_does_not_render_the_user_page_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[object] = []
+    real = type(USER_PAGE).render
+
+    def counted(self: Any, *args: Any) -> Any:
+        calls.append(args)
+        return real(self, *args)
+
+    monkeypatch.setattr(type(USER_PAGE), "render", counted)
+    collector = Collector()
+    snapshot = fixed_snapshot()
+    before = collector.render(snapshot, NOW).decode()
+    cascade = SourceState(
+        CASCADE.name, "engineering", CascadeReport((), (), (), ()), up=True, last_success=NOW
+    )
+    polled = replace(snapshot, states=(*snapshot.states, cascade))
+    after = collector.render(polled, NOW).decode()
+    assert len(calls) == 1
+    users = [line for line in before.splitlines() if line.startswith("windsurf_user_")]
+    assert users
+    assert set(users) <= set(after.splitlines())
+    # A new poll of a group does render it again.
+    states = tuple(
+        replace(s, report=replace(s.report))
+        if s.name == "engineering" and s.source == USER_PAGE.name
+        else s
+        for s in polled.states
+    )
+    collector.render(replace(polled, states=states), NOW)
+    assert len(calls) == 2

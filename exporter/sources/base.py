@@ -104,6 +104,9 @@ class Source(Protocol):
     health: Health | None
     # Every family it may export, in exposition order.
     families: tuple[Family, ...]
+    # The sources whose live reports its `render` reads (its own among them): a poll of any
+    # other source leaves its rendering as it is.
+    reads: tuple[str, ...]
 
     def targets(self, config: Config) -> tuple[str, ...]:
         """What is polled separately, each with its own schedule, health and last good data."""
@@ -122,6 +125,6 @@ class Source(Protocol):
         """A poll's parsed replies, in plan order -> the report kept as the target's data."""
 
     def render(self, config: Config, live: Live, parts: Parts) -> Rendered:
-        """The live reports (of every source, so a source may join another's) -> its lines;
+        """The live reports of the sources it `reads` (so it may join another's) -> its lines;
         called once per change of the live reports, never per scrape. `parts` may hold pieces
         of the previous rendering worth reusing."""

@@ -403,6 +403,7 @@ class Cascade:
 
     name: str = "cascade"
     collector: str = "cascade"
+    reads: tuple[str, ...] = ("cascade",)
     health: Health | None = None
     families: tuple[Family, ...] = (
         *(p[0] for p in _ALL),

@@ -109,6 +109,7 @@ class Credits:
 
     name: str = "credits"
     collector: str = "credits"
+    reads: tuple[str, ...] = ("credits",)
     health: Health | None = None
     families: tuple[Family, ...] = tuple(FAMILIES.values())
 

@@ -70,6 +70,7 @@ class Team(Replies):
 
     name: str = TEAM_KEY[0]
     collector: str = "user_page"
+    reads: tuple[str, ...] = (TEAM_KEY[0],)
     health: Health | None = Health(prefix="team_", label="", subject="team")
     families: tuple[Family, ...] = (
         TEAM_USERS,

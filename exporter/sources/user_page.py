@@ -600,6 +600,8 @@ class UserPage(Replies):
 
     name: str = "user_page"
     collector: str = "user_page"
+    # The groups join the team's rows (TEAM_KEY).
+    reads: tuple[str, ...] = ("user_page", "team")
     health: Health | None = Health(prefix="", label="group", subject="group")
     families: tuple[Family, ...] = (
         GROUP_USERS,
