@@ -64,6 +64,10 @@ def test_offset_and_fraction_together() -> None:
         "2024-13-10T00:00:00Z",
         "2024-10-10T22:56:10",
         "2024-10-10T22:56:10.1234567890Z",
+        # Forms datetime.fromisoformat takes that RFC 3339 does not: a week date, a basic time.
+        "2026-W48-4T10:24:21Z",
+        "2026-11-26T102421.5Z",
+        "2024-10-10T22:56+10:00",
         1728600970,
         "0001-01-01T00:00:00Z",
         "1970-01-01T00:00:00Z",

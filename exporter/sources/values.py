@@ -19,6 +19,7 @@ from exporter.state import MalformedResponse
 # Unambiguous, so a match is linear: `[0-9]+\.?[0-9]*` backtracked quadratically over long digits.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _UTC = "+00:00"
+_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}")
 _fromisoformat = datetime.fromisoformat  # looked up once: it reads every time of every row
 _TENS = tuple(10**n for n in range(10))  # 10**digits of a fraction
 # Longer than any number or RFC 3339 time the API writes (a double's repr fits in 24, a time
@@ -45,6 +46,8 @@ def _seconds(value: Any) -> float | None:
     if len(text) < 20 or not text.isascii() or text[10] not in "Tt " or text[19] not in ".Zz+-":
         return None
     head = text[:19]
+    if not _DATE_TIME.fullmatch(head):  # fromisoformat also takes week dates, basic times
+        return None
     if text[19] == ".":
         rest = text[20:].lstrip("0123456789")
         digits = len(text) - len(rest) - 20
