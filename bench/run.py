@@ -100,7 +100,13 @@ def config_file(directory: Path, url: str, team: bool = False, cascade: bool = F
     key.write_text(DEMO_SERVICE_KEY)
     path = directory / f"config-{int(team)}{int(cascade)}.yaml"
     raw = {
-        "api": {"url": url, "service_key_file": str(key), "timeout": "5m"},
+        # The team's CascadeAnalytics reply passes the default 64 MiB beyond ~40,000 users.
+        "api": {
+            "url": url,
+            "service_key_file": str(key),
+            "timeout": "5m",
+            "max_response_size": "512MiB",
+        },
         # One poll at start-up and none during the scrapes; one group at a time, so a group's
         # timing is not inflated by others competing for the GIL.
         "poll": {"interval": "24h", "max_staleness": "48h", "concurrency": 1},
@@ -356,6 +362,7 @@ def main() -> None:
                     if name == "ours":
                         body.write_bytes(served)
                     results.append(result)
+                    print(table([result]).splitlines()[-1], file=sys.stderr, flush=True)
     print(table(results))
     print()
     print(ratios(results))
