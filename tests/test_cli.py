@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import platform
 import re
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from exporter import __version__
+from exporter import __version__, cli
 from exporter.cli import parse_listen_address
 from exporter.config import load_config, parse_config
 from exporter.demo import FakeWindsurf, Fault
@@ -182,6 +183,23 @@ def test_the_memory_of_each_sent_body_is_given_back_and_a_head_renders_none(
     assert sales.scrape(**{"Accept-Encoding": "identity"}).status_code == 200
     assert httpx.head(sales.url + "/metrics", timeout=10).status_code == 200
     assert len(sent) == 2
+
+
+@pytest.mark.parametrize(
+    ("environment", "calls"), [({}, [(-8, 2)]), ({"MALLOC_ARENA_MAX": "4"}, [])]
+)
+def test_malloc_arenas_are_two_unless_the_environment_sets_them(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], calls: list[tuple[int, int]]
+) -> None:
+    if platform.libc_ver()[0] == "glibc":
+        assert cli._MALLOPT is not None  # the real function is found where it exists
+    seen: list[tuple[int, int]] = []
+    monkeypatch.setattr(cli, "_MALLOPT", lambda *args: seen.append(args))
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    cli._limit_malloc_arenas()
+    assert seen == calls
 
 
 @pytest.mark.parametrize(
