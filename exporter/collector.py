@@ -395,11 +395,6 @@ class Collector:
             yield b"# EOF\n"
 
 
-def _pieces(lines: bytes | tuple[bytes, ...]) -> list[Piece]:
+def _pieces(lines: Piece | tuple[Piece, ...]) -> list[Piece]:
     """A family's static lines as the compressed pieces its source made them."""
-    out = []
-    for chunk in [lines] if isinstance(lines, bytes) else lines:
-        if not isinstance(chunk, Piece):
-            raise TypeError("a source's static lines must be made by exposition.piece")
-        out.append(chunk)
-    return out
+    return [lines] if isinstance(lines, Piece) else list(lines)

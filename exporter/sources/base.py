@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from exporter.config import Config, Limits, Window
-from exporter.exposition import Family
+from exporter.exposition import Family, Piece
 from exporter.state import Report
 
 
@@ -45,7 +45,7 @@ class Rendered:
     is reused while unchanged), and the UTF-8 lines computed at scrape time from `now`, in
     chunks (so no scrape holds them all at once)."""
 
-    static: Mapping[Family, bytes | tuple[bytes, ...]] = field(default_factory=dict)
+    static: Mapping[Family, Piece | tuple[Piece, ...]] = field(default_factory=dict)
     dynamic: Mapping[Family, Callable[[float], Iterable[bytes]]] = field(default_factory=dict)
 
 

@@ -1138,12 +1138,12 @@ def _combine(pieces: Sequence[Rendered]) -> Rendered:
     """Pieces of one source's lines as one: each family's lines in the order of the pieces,
     kept as the pieces' bytes (not joined: a piece reused by the next rendering is neither
     copied nor compressed again)."""
-    static: dict[Family, tuple[bytes, ...]] = {}
+    static: dict[Family, tuple[Piece, ...]] = {}
     dynamic: dict[Family, Callable[[float], Iterable[bytes]]] = {}
     for family in USER_PAGE.families:
         chunks = [p.static[family] for p in pieces if family in p.static]
         if chunks:
-            static[family] = tuple(b for c in chunks for b in ((c,) if isinstance(c, bytes) else c))
+            static[family] = tuple(b for c in chunks for b in ((c,) if isinstance(c, Piece) else c))
         renders = [p.dynamic[family] for p in pieces if family in p.dynamic]
         if renders:
             dynamic[family] = functools.partial(_joined, renders)
