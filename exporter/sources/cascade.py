@@ -30,7 +30,15 @@ from exporter.config import Config, Limits
 from exporter.exposition import Family, labels, number, piece
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.user_page import bounded, label_value
-from exporter.sources.values import count_field, json_list, json_object, text_field, time_field
+from exporter.sources.values import (
+    MEMO,
+    count_field,
+    json_list,
+    json_object,
+    kept_once,
+    text_field,
+    time_field,
+)
 
 log = logging.getLogger("exporter.cascade")
 
@@ -45,7 +53,6 @@ _MODE_PREFIX = "CONVERSATIONAL_PLANNER_MODE_"
 # Far above any real day of a team, far below where sums lose precision.
 _MAX_COUNT = 1e12
 _CLOCK_SKEW = 3600.0
-_MEMO = 4096  # distinct values a reply's reader remembers, whatever the reply holds
 _CACHED = " Cached from the last successful poll."
 
 
@@ -118,13 +125,13 @@ def compact_rows() -> Callable[[dict[str, Any]], Any]:
 
 
 def _once() -> Callable[[Any], Any]:
-    """Strings -> the first equal one seen (of at most _MEMO kept); anything else as it is."""
+    """Strings -> the first equal one seen (of at most MEMO kept); anything else as it is."""
     seen: dict[str, str] = {}
 
     def once(value: Any) -> Any:
         if type(value) is not str:
             return value
-        return seen.setdefault(value, value) if len(seen) < _MEMO else seen.get(value, value)
+        return kept_once(seen, value)
 
     return once
 
@@ -223,9 +230,7 @@ class _Reader:
             self.unparsable[key] += 1
         if not value:
             return 0.0
-        if len(self._numbers) < _MEMO:  # counts repeat: one float each
-            return self._numbers.setdefault(value, value)
-        return self._numbers.get(value, value)
+        return kept_once(self._numbers, value)  # counts repeat: one float each
 
     def text(self, row: Row, key: str) -> str:
         value = row.get(key)
@@ -237,7 +242,7 @@ class _Reader:
             self.unparsable[key] += 1
         label, cut = label_value(text, self.limits)
         self.cut += cut
-        if label == value and len(self._words) < _MEMO:  # kept as it is: nothing to count
+        if label == value and len(self._words) < MEMO:  # kept as it is: nothing to count
             self._words[label] = label
         return label
 
@@ -246,7 +251,7 @@ class _Reader:
         label = self._modes.get(text)
         if label is None:
             label = mode_label(text)
-            if len(self._modes) < _MEMO:
+            if len(self._modes) < MEMO:
                 self._modes[text] = label
         return label
 
@@ -256,7 +261,7 @@ class _Reader:
         if known is None:
             seconds, bad = time_field(value, self.latest)
             known = (None if seconds is None else int(seconds // _DAY), bad)
-            if type(value) is str and len(self._days) < _MEMO:
+            if type(value) is str and len(self._days) < MEMO:
                 self._days[value] = known
         day, bad = known
         if day is None:  # a day left out, malformed, or after the request

@@ -34,10 +34,12 @@ from exporter.config import Config, Limits, Window
 from exporter.exposition import Ages, Family, Piece, escape, labels, number, piece, utf8
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.values import (
+    MEMO,
     bool_field,
     count_field,
     json_list,
     json_object,
+    kept_once,
     text_field,
     time_field,
 )
@@ -62,7 +64,6 @@ _DAY = 86400.0
 _MAX_CREDITS = 1e15
 _MAX_DAYS = 366 * 100.0  # a request without a window
 _CLOCK_SKEW = 3600.0
-_MEMO = 4096  # distinct values a reply's reader keeps once, whatever the reply holds
 _HEX = frozenset("0123456789abcdef")
 OTHER = "other"  # the role / team_status value of those over limits.max_label_values
 
@@ -278,9 +279,7 @@ class _Reader:
             return None
         if value is None:
             return None
-        if len(self._numbers) < _MEMO:  # credits and days repeat: one float each
-            return self._numbers.setdefault(value, value)
-        return self._numbers.get(value, value)
+        return kept_once(self._numbers, value)  # credits and days repeat: one float each
 
     def text(self, row: Mapping[str, Any], key: str) -> str:
         value = row.get(key)
@@ -303,7 +302,7 @@ class _Reader:
         known = self._words.get(value) if type(value) is str else None
         if known is None:
             known = sys.intern(self.text(row, key))
-            if known == value and len(self._words) < _MEMO:
+            if known == value and len(self._words) < MEMO:
                 self._words[known] = known
         return known
 

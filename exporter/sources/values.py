@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from exporter.state import MalformedResponse
 
@@ -25,6 +25,9 @@ _TENS = tuple(10**n for n in range(10))  # 10**digits of a fraction
 # Longer than any number or RFC 3339 time the API writes (a double's repr fits in 24, a time
 # with 9 fraction digits and an offset in 35): refused before any regex or parser sees them.
 MAX_NUMBER_TEXT = 64
+# Distinct values a reply's reader keeps once, whatever the reply holds.
+MEMO = 4096
+K = TypeVar("K")
 MAX_TIME_TEXT = 64
 
 
@@ -158,3 +161,9 @@ def json_list(document: Mapping[str, Any], key: str) -> list[Any]:
     if not isinstance(value, list):
         raise MalformedResponse(f"{key} is not a list")
     return value
+
+
+def kept_once(seen: dict[K, K], value: K) -> K:
+    """The first value equal to `value` a reply's reader saw (of at most MEMO kept): the many
+    rows repeating a value share one object."""
+    return seen.setdefault(value, value) if len(seen) < MEMO else seen.get(value, value)
