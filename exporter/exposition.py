@@ -133,8 +133,7 @@ def deflated(piece: bytes) -> bytes:
 
 class Piece(bytes):
     """A piece of exposition text kept only compressed: its raw deflate blocks (`deflated`),
-    with the CRC-32 and length of the text, all a gzip body needs of it (`inflated` gives
-    the text back)."""
+    with the CRC-32 and length of the text, all a gzip body needs of it."""
 
     crc: int
     size: int
@@ -152,12 +151,6 @@ def piece(text: str) -> Piece:
 @functools.cache
 def header_piece(family: Family, openmetrics: bool) -> Piece:
     return piece(family.header(openmetrics))
-
-
-def inflated(pieces: Iterable[bytes]) -> bytes:
-    """The text of consecutive pieces (`Piece`), as a test reads it."""
-    decompressor = zlib.decompressobj(-15)
-    return b"".join([decompressor.decompress(p) for p in pieces])
 
 
 def crc32_combine(crc: int, following: int, length: int) -> int:

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -227,3 +228,9 @@ def exporter_process() -> Iterator[Callable[..., Process]]:
         proc.wait(timeout=10)
         if proc.stdout:
             proc.stdout.close()
+
+
+def inflated(pieces: Iterable[bytes]) -> bytes:
+    """The text of consecutive pieces (`exposition.Piece`: raw deflate blocks)."""
+    decompressor = zlib.decompressobj(-15)
+    return b"".join([decompressor.decompress(p) for p in pieces])

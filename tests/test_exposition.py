@@ -15,9 +15,9 @@ from exporter.exposition import (
     StaticBody,
     batched,
     crc32_combine,
-    inflated,
     piece,
 )
+from tests.conftest import inflated
 
 NOW = 1_750_000_000.25
 # Lengths around the zero buffer's size and the chunk size, where an off-by-one would hide.

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from exporter.config import Config, LabelConfig, Secret, Window
-from exporter.exposition import inflated
 from exporter.sources.base import Parts, Rendered
 from exporter.sources.team import TEAM
 from exporter.sources.user_page import USER_PAGE, GroupReport, build_report, decode_page
 from tests import rows
+from tests.conftest import inflated
 
 NOW = 1728640000.0
 WEEK, MONTH = Window("7d", 7 * 86400.0), Window("30d", 30 * 86400.0)

@@ -12,7 +12,6 @@ import pytest
 from exporter.collector import Collector
 from exporter.config import Config, ConfigError, Window, parse_config
 from exporter.demo import FakeWindsurf, Fault
-from exporter.exposition import inflated
 from exporter.sources.base import Parts
 from exporter.sources.team import TEAM
 from exporter.sources.user_page import (
@@ -24,7 +23,7 @@ from exporter.sources.user_page import (
 )
 from exporter.state import Snapshot, SourceState
 from tests import rows
-from tests.conftest import Running, samples, series, wait_for
+from tests.conftest import Running, inflated, samples, series, wait_for
 
 NOW = 1728640000.0
 WEEK, MONTH = Window("7d", 7 * 86400.0), Window("30d", 30 * 86400.0)
