@@ -356,3 +356,14 @@ def test_distinct_labels_whatever_the_values() -> None:
     assert out[4] == "Ann"
     assert out[2].startswith("Sam #")
     assert out[5].startswith("Ann #0123abcd #")
+
+
+def test_kept_strings_are_copies_so_the_decoded_reply_can_be_given_back() -> None:
+    # A string of the reply kept by a row would pin the allocator's arena it shares with the
+    # reply's freed strings: resident memory a whole reply's worth larger than the rows.
+    document = {"userTableStats": [{"email": "alice@example.com", "name": "Alice"}]}
+    row = document["userTableStats"][0]
+    (user,) = decode_page(document).rows
+    assert (user.email, user.name) == (row["email"], row["name"])
+    assert user.email is not row["email"]
+    assert user.name is not row["name"]

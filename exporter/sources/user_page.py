@@ -37,6 +37,7 @@ from exporter.sources.values import (
     MEMO,
     bool_field,
     count_field,
+    fresh,
     json_list,
     json_object,
     kept_once,
@@ -287,7 +288,7 @@ class _Reader:
             if key == "email":
                 value = value.strip()
             if value.isascii() and len(value) <= self._most:
-                return value  # what label_value would make of it, only faster
+                return fresh(value)  # what label_value would make of it, only faster
         text, bad = text_field(value)
         if bad:
             self.unparsable[key] += 1
