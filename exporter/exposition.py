@@ -10,7 +10,7 @@ import struct
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -48,6 +48,8 @@ def labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 def number(value: float) -> str:
     """Integers without a fraction, other floats as shortest round-trip repr."""
+    if type(value) is float and not value.is_integer():
+        return repr(value)  # the usual time, first: a third of the work
     value = float(value)
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
@@ -82,27 +84,19 @@ class Ages:
 
     __slots__ = ("_chunks", "_latest")
 
-    def __init__(self, lines: Iterable[tuple[str, float]]) -> None:
-        self._chunks: list[tuple[bytes, int, array[float]]] = []
-        self._latest = -math.inf
-        template: list[str] = []
-        times = array("d")
-        length = 0
-        for prefix, t in lines:
-            template.append(prefix.replace("%", "%%"))
-            template.append("%.3f\n")
-            times.append(t)
-            length += len(prefix) + 8
-            if length >= CHUNK:
-                self._add(template, times)
-                template, times, length = [], array("d"), 0
-        if times:
-            self._add(template, times)
-
-    def _add(self, template: list[str], times: array[float]) -> None:
-        text = utf8("".join(template))
-        self._chunks.append((zlib.compress(text, 1, wbits=-15), len(text), times))
-        self._latest = max(self._latest, *times)
+    def __init__(self, prefixes: Sequence[str], times: Sequence[float]) -> None:
+        """`prefixes[i]` is the line before its value, `times[i]` the time it is the age of."""
+        # Each chunk is compressed by the pool while the next one is made.
+        soon = []
+        step = max(1, CHUNK // 128)  # lines of a chunk: a line is about a hundred bytes
+        for start in range(0, len(prefixes), step):
+            template = _template(prefixes[start : start + step])
+            soon.append((_POOL.submit(_packed, template), len(template)))
+        self._chunks = [
+            (packed.result(), size, array("d", times[i * step : (i + 1) * step]))
+            for i, (packed, size) in enumerate(soon)
+        ]
+        self._latest = max(times, default=-math.inf)
 
     def render(self, now: float) -> Iterator[bytes]:
         """The lines at `now`, a chunk at a time."""
@@ -113,6 +107,17 @@ class Ages:
                 yield template % tuple([now - t if t < now else 0.0 for t in times])
             else:
                 yield template % tuple([now - t for t in times])
+
+
+def _template(prefixes: Sequence[str]) -> bytes:
+    """The lines as a %-template with a `%.3f` for each value."""
+    if "%" in "".join(prefixes):
+        prefixes = [p.replace("%", "%%") for p in prefixes]
+    return utf8("%.3f\n".join(prefixes) + "%.3f\n")
+
+
+def _packed(template: bytes) -> bytes:
+    return zlib.compress(template, 1, -15)
 
 
 # A gzip member's header (RFC 1952): deflate, no name, no time, unknown OS.
@@ -146,6 +151,12 @@ def piece(text: str) -> Piece:
     out.crc = zlib.crc32(raw)
     out.size = len(raw)
     return out
+
+
+def piece_soon(text: str) -> Future[Piece]:
+    """`piece(text)`, made by the pool while the caller formats what follows (zlib lets go
+    of the GIL): a render's compressing runs on a second core beside its formatting."""
+    return _POOL.submit(piece, text)
 
 
 @functools.cache

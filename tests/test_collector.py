@@ -425,9 +425,9 @@ def group_series_of(text: str, group: str) -> list[str]:
 
 
 def test_an_age_line_keeps_a_percent_sign_of_its_labels_and_clamps_a_future_time() -> None:
-    ages = Ages([('a{user="100% %s %d"} ', NOW - 1.5), ("b ", NOW + 60)])
+    ages = Ages(['a{user="100% %s %d"} ', "b "], [NOW - 1.5, NOW + 60])
     assert b"".join(ages.render(NOW)) == b'a{user="100% %s %d"} 1.500\nb 0.000\n'
-    assert b"".join(Ages([]).render(NOW)) == b""
+    assert b"".join(Ages([], []).render(NOW)) == b""
 
 
 def test_a_poll_of_another_source_does_not_render_the_user_page_again(

@@ -89,7 +89,7 @@ def test_ages_in_many_chunks_read_as_each_line_formatted_alone() -> None:
         (f'age{{user="u{i}%",feature="f"}} ', NOW - rng.uniform(0, 9e7)) for i in range(20_000)
     ]
     lines[15_000] = ("skewed ", NOW + 30)  # one time ahead of the clock, in a later chunk
-    ages = Ages(lines)
+    ages = Ages([p for p, _ in lines], [t for _, t in lines])
     chunks = list(ages.render(NOW))
     assert len(chunks) > 2
     assert (

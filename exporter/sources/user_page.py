@@ -26,12 +26,23 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from exporter.config import Config, Limits, Window
-from exporter.exposition import Ages, Family, Piece, escape, labels, number, piece, utf8
+from exporter.exposition import (
+    Ages,
+    Family,
+    Piece,
+    escape,
+    labels,
+    number,
+    piece,
+    piece_soon,
+    utf8,
+)
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
 from exporter.sources.values import (
     MEMO,
@@ -1031,23 +1042,27 @@ def _recount(counts: dict[str, int], gone: Sequence[str], new: Sequence[str]) ->
 
 
 class _Lines:
-    """Exposition lines by family, as they are added."""
+    """Exposition lines by family, as they are added; a family's lines given all at once
+    (`extend`) are compressed by the pool while the next family's are made."""
 
     def __init__(self) -> None:
         self._lines: dict[Family, list[str]] = {}
+        self._soon: dict[Family, Future[Piece]] = {}
 
     def add(self, family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
         self._lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}\n")
 
     def extend(self, family: Family, lines: list[str]) -> None:
+        """All of `family`'s lines (once a family)."""
         if lines:
-            self._lines.setdefault(family, []).extend(lines)
+            self._soon[family] = piece_soon("".join(lines))
 
     def static(self) -> dict[Family, Piece]:
         """The lines as pieces, each family's list dropped once compressed (a render's peak)."""
         out = {}
         for family in list(self._lines):
             out[family] = piece("".join(self._lines.pop(family)))
+        out.update((family, soon.result()) for family, soon in self._soon.items())
         return out
 
 
@@ -1127,10 +1142,9 @@ def _seats_piece(group: str, rows: Mapping[str, UserStats], people: _People) -> 
     )
     n = USER_DISABLED.name
     lines.extend(USER_DISABLED, [f"{n}{w}}} {int(u.disabled)}\n" for w, u in who])
-    ages = Ages((f"{USER_AGE.name}{w}", t) for w, t in last)
-    idle = Ages(
-        (f"{USER_IDLE.name}{w}}} ", u.idle_since) for w, u in who if u.idle_since is not None
-    )
+    ages = Ages([f"{USER_AGE.name}{w}" for w, _ in last], [t for _, t in last])
+    idle_rows = [(w, t) for w, u in who if (t := u.idle_since) is not None]
+    idle = Ages([f"{USER_IDLE.name}{w}}} " for w, _ in idle_rows], [t for _, t in idle_rows])
     return Rendered(static=lines.static(), dynamic={USER_AGE: ages.render, USER_IDLE: idle.render})
 
 
