@@ -15,6 +15,7 @@ from exporter.demo import FakeWindsurf, Fault
 from exporter.sources.base import Parts
 from exporter.sources.team import TEAM
 from exporter.sources.user_page import (
+    INFO_BLOCK,
     USER_INFO,
     USER_PAGE,
     GroupReport,
@@ -180,10 +181,37 @@ def test_a_new_report_of_one_group_redoes_only_the_pieces_it_changes() -> None:
     third = Parts(second.kept)
     rendered = USER_PAGE.render(config, live, third)
     assert third.kept[("group", "eng")][2] is not second.kept[("group", "eng")][2]
-    assert third.kept[("info", "ops")][2] is not second.kept[("info", "ops")][2]
+    assert third.kept[("info", "ops", 0)][2] is not second.kept[("info", "ops", 0)][2]
     assert third.kept[("group", "ops")][2] is second.kept[("group", "ops")][2]
     assert third.kept[("group", "lab")][2] is second.kept[("group", "lab")][2]
-    assert third.kept[("info", "lab")][2] is second.kept[("info", "lab")][2]
+    assert third.kept[("info", "lab", 0)][2] is second.kept[("info", "lab", 0)][2]
     info = inflated(rendered.static[USER_INFO]).decode()
     assert 'group="ops",user="bob@example.com"' in info
     assert info.count('groups="eng,ops"') == 2
+
+
+def test_a_label_changed_in_a_large_group_redoes_only_the_info_block_it_is_in() -> None:
+    config = Config(groups=("eng", "ops"), windows=(WEEK,))
+    people = [{**rows.ALICE, "email": f"u{i}@example.com"} for i in range(2 * INFO_BLOCK + 100)]
+    moved = people[INFO_BLOCK + 7]
+    live: dict[tuple[str, str], Any] = {
+        (USER_PAGE.name, "eng"): report(("7d", [ALICE])),
+        (USER_PAGE.name, "ops"): report(("7d", people)),
+    }
+    first = Parts({})
+    USER_PAGE.render(config, live, first)
+    assert [k for k in first.kept if k[:2] == ("info", "ops")] == [
+        ("info", "ops", b) for b in range(3)
+    ]
+    live[(USER_PAGE.name, "eng")] = report(("7d", [ALICE, moved]))  # their groups label changes
+    second = Parts(first.kept)
+    rendered = USER_PAGE.render(config, live, second)
+    redone = [
+        b
+        for b in range(3)
+        if second.kept[("info", "ops", b)][2] is not first.kept[("info", "ops", b)][2]
+    ]
+    assert redone == [1]
+    assert inflated(rendered.static[USER_INFO]) == inflated(
+        USER_PAGE.render(config, live, Parts({})).static[USER_INFO]
+    )

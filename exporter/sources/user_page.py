@@ -77,6 +77,7 @@ _MAX_CREDITS = 1e15
 _MAX_DAYS = 366 * 100.0  # a request without a window
 _CLOCK_SKEW = 3600.0
 _HEX = frozenset("0123456789abcdef")
+INFO_BLOCK = 512  # people whose info series are one piece
 OTHER = "other"  # the role / team_status value of those over limits.max_label_values
 
 
@@ -713,9 +714,9 @@ def render_groups(
             make = functools.partial(_group_piece, group, report, people, config)
             seats = ("group", group)
             pieces.append(parts.get(seats, (config,), (*rows, v(seats)), make))
-            if config.per_user:
-                info = ("info", group)
-                make = functools.partial(_info_piece, group, report, people)
+            for block in range(people.blocks(group)):
+                info = ("info", group, block)
+                make = functools.partial(_info_piece, group, block, people)
                 pieces.append(parts.get(info, (config,), (*rows, v(info)), make))
         if config.per_user and team is not None and people.complete(config):
             rest = ("no group",)
@@ -759,6 +760,9 @@ class _People:
         self.team: dict[str, UserStats] = {}  # its last row of each person
         # Only with per_user, where labels are shown:
         self.firsts: dict[str, dict[str, UserStats]] = {}  # group -> person -> first row
+        # group -> person -> their block of INFO_BLOCK people, in the order of the rows: a
+        # changed label redoes its block's info series, not the group's.
+        self.block: dict[str, dict[str, int]] = {}
         self.member_of: dict[str, list[str]] = {}  # a group once per row of the person
         self.order: dict[str, int] = {}  # the live groups' positions
         self.people: dict[str, _Person] = {}
@@ -771,6 +775,14 @@ class _People:
 
     def _bump(self, piece: Hashable) -> None:
         self.versions[piece] = next(_VERSIONS)
+
+    def blocks(self, group: str) -> int:
+        """How many blocks of info series the group's people make (none without per_user)."""
+        return -(-len(self.block.get(group, ())) // INFO_BLOCK)
+
+    def in_block(self, group: str, block: int) -> Iterator[str]:
+        """The group's people of that block, in the order of its rows."""
+        return itertools.islice(self.firsts[group], block * INFO_BLOCK, (block + 1) * INFO_BLOCK)
 
     def complete(self, config: Config) -> bool:
         """Who is in no group is known only when every configured group's members are."""
@@ -859,6 +871,7 @@ class _People:
         if not self.per_user:
             return
         old = self.firsts.pop(group, {})
+        self.block.pop(group, None)
         before = {p: len(self.member_of[p]) for p in old}
         for person in old:
             left = [g for g in self.member_of[person] if g != group]
@@ -871,6 +884,7 @@ class _People:
             self.member_of.setdefault(user.email.lower(), []).append(group)
         if report is not None:
             self.firsts[group] = firsts
+            self.block[group] = {p: i // INFO_BLOCK for i, p in enumerate(firsts)}
         # Who joined or left the group, or has another number of rows in it (their `groups`
         # label changes), and whose row there names them otherwise.
         touched.update(old.keys() ^ firsts.keys())
@@ -902,15 +916,15 @@ class _People:
         # Who is new is only in reports that changed, whose pieces are redone anyway.
         shown = {p for p in renamed if old.get(p, ()) is not None}
         shown.update(p for p, was in before.items() if self._shown(p) != was)
-        infos: set[str] = set()
+        infos: set[tuple[str, str, int]] = set()
         seats: set[str] = set()
         for person in shown:
             groups = self.member_of.get(person, ())
-            infos.update(groups)
+            infos.update(("info", g, self.block[g][person]) for g in groups)
             if person in renamed:
                 seats.update(groups)
-        for group in infos:
-            self._bump(("info", group))
+        for info in infos:
+            self._bump(info)
         for group in seats:
             self._bump(("group", group))
         if not self.team.keys().isdisjoint(shown):
@@ -1087,9 +1101,9 @@ def _rest_piece(people: _People) -> Rendered:
     return _combine([seats, _info_lines("", rest, people)])
 
 
-def _info_piece(group: str, report: GroupReport, people: _People) -> Rendered:
-    """The info series of the group's people, once each, in the order of its rows."""
-    return _info_lines(group, list(dict.fromkeys(u.email.lower() for u in report.users)), people)
+def _info_piece(group: str, block: int, people: _People) -> Rendered:
+    """The info series of a block of the group's people, once each, in the order of its rows."""
+    return _info_lines(group, list(people.in_block(group, block)), people)
 
 
 def _info_lines(group: str, emails: Sequence[str], people: _People) -> Rendered:
