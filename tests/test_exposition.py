@@ -21,7 +21,7 @@ from tests.conftest import inflated
 
 NOW = 1_750_000_000.25
 # Lengths around the zero buffer's size and the chunk size, where an off-by-one would hide.
-LENGTHS = (0, 1, 7, 65_535, 65_536, 65_537, CHUNK - 1, CHUNK + 1, 300_001)
+LENGTHS = (0, 1, 7, 65_535, 65_536, 65_537, CHUNK - 1, CHUNK + 1, 300_001, 2**22 + 2**21 + 3)
 
 
 def text_of(length: int, seed: int) -> str:
