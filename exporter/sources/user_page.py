@@ -999,17 +999,32 @@ class _People:
                 renamed.append(person)
         return renamed
 
-    def info(self, person: str) -> str:
-        """`person`'s info labels, `groups` last, escaped, each after a comma."""
-        who = self.people[person]
-        row = who.row
-        tail = (
-            f'role="{escape(row.role)}",team_status="{escape(row.team_status)}",'
-            f'groups="{escape(who.groups)}"'
-        )
-        if self.mode == "email":  # the labels of _info_names, written out: 4x faster
-            return f',name="{escape(row.name)}",email="{escape(row.email)}",{tail}'
-        return f",{tail}"
+    def info_lines(self, group: str, persons: Iterable[str]) -> list[str]:
+        """These people's info series in `group`: the labels many share (role, team status,
+        groups) escaped once per render, not once per person."""
+        g = escape(group)
+        name = USER_INFO.name
+        tails: dict[tuple[str, str, str], str] = {}
+        out = []
+        for person in persons:
+            who = self.people[person]
+            row = who.row
+            shared = (row.role, row.team_status, who.groups)
+            tail = tails.get(shared)
+            if tail is None:
+                tail = tails[shared] = (
+                    f'role="{escape(row.role)}",team_status="{escape(row.team_status)}",'
+                    f'groups="{escape(who.groups)}"}} 1\n'
+                )
+            user = escape(who.name)
+            if self.mode == "email":  # the labels of _info_names, written out: 4x faster
+                out.append(
+                    f'{name}{{group="{g}",user="{user}",name="{escape(row.name)}",'
+                    f'email="{escape(row.email)}",{tail}'
+                )
+            else:
+                out.append(f'{name}{{group="{g}",user="{user}",{tail}')
+        return out
 
 
 def _firsts(report: GroupReport) -> dict[str, UserStats]:
@@ -1103,21 +1118,13 @@ def _rest_piece(people: _People) -> Rendered:
 
 def _info_piece(group: str, block: int, people: _People) -> Rendered:
     """The info series of a block of the group's people, once each, in the order of its rows."""
-    return _info_lines(group, list(people.in_block(group, block)), people)
+    return _info_lines(group, people.in_block(group, block), people)
 
 
-def _info_lines(group: str, emails: Sequence[str], people: _People) -> Rendered:
+def _info_lines(group: str, emails: Iterable[str], people: _People) -> Rendered:
     """These people's info series in `group`."""
     lines = _Lines()
-    g = escape(group)
-    name = USER_INFO.name
-    lines.extend(
-        USER_INFO,
-        [
-            f'{name}{{group="{g}",user="{escape(people.people[p].name)}"{people.info(p)}}} 1\n'
-            for p in emails
-        ],
-    )
+    lines.extend(USER_INFO, people.info_lines(group, emails))
     return Rendered(static=lines.static())
 
 
@@ -1126,7 +1133,12 @@ def _seats_piece(group: str, rows: Mapping[str, UserStats], people: _People) -> 
     escaped once, each family's lines made in one pass over them."""
     g = escape(group)
     who = [(f'{{group="{g}",user="{escape(people.people[p].name)}"', u) for p, u in rows.items()]
-    windows = {w: escape(w) for _, u in who for w in u.active_days}
+    # People with the same activeDays share one mapping (build_report): its lines' ends once.
+    shared = {id(u.active_days): u.active_days for _, u in who}
+    days = {
+        key: [f',window="{escape(label)}"}} {number(d)}\n' for label, d in mapping.items()]
+        for key, mapping in shared.items()
+    }
     last = [
         (f'{w},feature="{feature}"}} ', t)
         for w, u in who
@@ -1137,11 +1149,7 @@ def _seats_piece(group: str, rows: Mapping[str, UserStats], people: _People) -> 
     n = USER_ACTIVE.name
     lines.extend(
         USER_ACTIVE,
-        [
-            f'{n}{w},window="{windows[label]}"}} {number(days)}\n'
-            for w, u in who
-            for label, days in u.active_days.items()
-        ],
+        [f"{n}{w}{end}" for w, u in who for end in days[id(u.active_days)]],
     )
     n = USER_CREDITS.name
     lines.extend(
