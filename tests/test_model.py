@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import calendar
+import random
 from typing import Any
 
 import pytest
 
 from exporter.config import Limits, Window
 from exporter.sources.base import Request
-from exporter.sources.user_page import Page, build_report, decode_page, distinct, label_value
+from exporter.sources.user_page import (
+    Page,
+    build_report,
+    decode_page,
+    distinct,
+    label_value,
+    person_key,
+)
 from exporter.sources.values import count_field, parse_number, parse_time, time_field
 from exporter.state import MalformedResponse
 from tests.rows import ALICE
@@ -367,3 +375,13 @@ def test_kept_strings_are_copies_so_the_decoded_reply_can_be_given_back() -> Non
     assert (user.email, user.name) == (row["email"], row["name"])
     assert user.email is not row["email"]
     assert user.name is not row["name"]
+
+
+def test_a_person_is_named_by_their_email_in_lower_case_sharing_the_string_when_it_is() -> None:
+    rng = random.Random(7)
+    alphabet = "aZ@.-_1\u01c5\u0130\u00df\u03a3\u03c3\ufb03\u2160\u2170"
+    for _ in range(2000):
+        email = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        assert person_key(email) == email.lower()
+    lower = "bob@example.com"
+    assert person_key(lower) is lower

@@ -436,6 +436,13 @@ def _with_days(
         yield UserStats(*user[:-1], mapping)
 
 
+def person_key(email: str) -> str:
+    """Who an email names: emails differ in case between replies. The email itself when it is
+    already lower case (the usual), so the maps of people share the rows' strings instead of
+    holding a copy each."""
+    return email if email.islower() else email.lower()
+
+
 def user_hash(email: str, salt: str = "") -> str:
     """`hash` mode's pseudonym: follows a user across polls, groups and restarts without
     saying who it is (SHA-256 of the salt and the lower-cased email, in hex)."""
@@ -813,7 +820,7 @@ class _People:
         old = self.team_report
         if team is old:
             return
-        rows = {u.email.lower(): u for u in team.users} if team else {}
+        rows = {person_key(u.email): u for u in team.users} if team else {}
         before, self.team_report, self.team = self.team, team, rows
         if team is not None and old is not None and team == old:
             self._repoint(before, rows)
@@ -881,7 +888,7 @@ class _People:
                 del self.member_of[person]
         firsts = _firsts(report) if report else {}
         for user in report.users if report else ():
-            self.member_of.setdefault(user.email.lower(), []).append(group)
+            self.member_of.setdefault(person_key(user.email), []).append(group)
         if report is not None:
             self.firsts[group] = firsts
             self.block[group] = {p: i // INFO_BLOCK for i, p in enumerate(firsts)}
@@ -1031,7 +1038,7 @@ def _firsts(report: GroupReport) -> dict[str, UserStats]:
     """The first row of each person of the report."""
     firsts: dict[str, UserStats] = {}
     for user in report.users:
-        firsts.setdefault(user.email.lower(), user)
+        firsts.setdefault(person_key(user.email), user)
     return firsts
 
 
@@ -1104,7 +1111,7 @@ def _group_piece(group: str, report: GroupReport, people: _People, config: Confi
         return aggregates
     # A member the team reply does not know yet (it changed between the requests) keeps the
     # row of this group's reply.
-    own = {u.email.lower(): u for u in report.users}
+    own = {person_key(u.email): u for u in report.users}
     rows = {p: people.team.get(p) or u for p, u in own.items()}
     return _combine([aggregates, _seats_piece(group, rows, people)])
 
@@ -1233,7 +1240,7 @@ def _joined_active(
             continue
         if not team:
             continue
-        rows = [team.get(u.email.lower()) for u in report.users]
+        rows = [team.get(person_key(u.email)) for u in report.users]
         if all(rows):  # a member the team reply does not know yet makes the count unknown
             out.append((window, sum(1 for r in rows if r and r.active_days.get(window, 0) > 0)))
     return out
