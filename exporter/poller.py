@@ -27,6 +27,9 @@ Key = tuple[str, str]  # (source, target)
 Ask = tuple[ApiConfig, Hashable]
 ClientKey = tuple[ApiConfig, int]  # the API settings and poll.concurrency a client is made for
 _BY_NAME: Mapping[str, Source] = {s.name: s for s in SOURCES}
+# Sources whose reports another source renders with (the team's rows, which every group's
+# series show): started first when due together, so the others render once, with them.
+_READ_BY_OTHERS = frozenset(r for s in SOURCES for r in s.reads if r != s.name)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,11 @@ class PollResult:
     report: Report | None = None
     failure: ApiError | None = None
     jitter: float = 0.0  # added to the interval, so targets do not poll in lockstep forever
+
+
+def _later(item: tuple[Key, float]) -> bool:
+    """Whether a due target starts after those others render with."""
+    return item[0][0] not in _READ_BY_OTHERS
 
 
 def asks(config: Config) -> dict[Key, Ask]:
@@ -347,7 +355,7 @@ class Poller:
             with self._lock:
                 now = self._clocks.monotonic()
                 state = self._state
-                for key, due in state.due.items():
+                for key, due in sorted(state.due.items(), key=_later):
                     if due <= now and (key, state.asks[key]) not in self._running:
                         self._start(key, state)
                 running = {k for k, _ in self._running}

@@ -268,3 +268,16 @@ def test_each_retired_client_is_closed_when_its_last_poll_ends(
         lambda: [c.closed for c in clients] == [True] * 11 + [False],
         what="every retired client to be closed",
     )
+
+
+def test_the_team_is_asked_first_so_the_groups_render_once_with_its_rows(
+    fake_api: FakeWindsurf, poller_for: Callable[..., tuple[Poller, list[Client]]]
+) -> None:
+    config = replace(
+        fake_config(fake_api), team=True, poll=PollConfig(interval=3600.0, concurrency=1)
+    )
+    poller, _ = poller_for(config)
+    wait_for(poller.ready.is_set, what="the first polls")
+    asked = [r.group for r in sorted(fake_api.requests, key=lambda r: r.at)]
+    assert asked[0] == ""  # the team's request names no group
+    assert sorted(asked[1:]) == ["engineering", "research"]
