@@ -81,6 +81,7 @@ class Result:
     gzip_bytes: int = 0
     poll_seconds: float = 0.0  # summed over the groups: response -> data ready to scrape
     render_seconds: float = 0.0  # of which rendering it (ours renders in the poll's thread)
+    decode_seconds: float = 0.0  # before it, decoding the replies' JSON (ours only)
     cold_ms: float = 0.0  # the first scrape after the poll
     scrapes: dict[str, list[float]] = field(default_factory=dict)  # format -> ms, in order
     gunzip: dict[str, list[float]] = field(default_factory=dict)  # format -> ms, the same + gunzip
@@ -230,6 +231,7 @@ def measure(
                 polled.add((line.get("source", ""), line["group"]))
                 result.poll_seconds += line["seconds"]
                 result.render_seconds += line.get("render", 0.0)
+                result.decode_seconds += line.get("decode", 0.0)
         result.cold_ms, _, _ = scrape(url, "text")
         result.rss_mb = rss_mb(proc.pid, "VmRSS")
         scrape(url, "openmetrics")
@@ -269,16 +271,16 @@ def table(results: list[Result]) -> str:
     header = (
         "| users | exporter | series | gzip MB | scrape text ms | scrape OpenMetrics ms"
         " | OpenMetrics + gunzip ms | first scrape ms | poll -> data s (render)"
-        " | RSS after MB | peak RSS MB |"
+        " | JSON decode s | RSS after MB | peak RSS MB |"
     )
-    rows = [header, "|---" * 11 + "|"]
+    rows = [header, "|---" * 12 + "|"]
     for r in results:
         n = len(r.scrapes["text"])
         rows.append(
             f"| {r.users:,} | {r.exporter} | {r.series:,} | {r.gzip_bytes / 1e6:.1f}"
             f" | {r.median('text'):.1f} (n={n}) | {r.median('openmetrics'):.1f}"
             f" | {r.median_gunzip('openmetrics'):.1f} | {r.cold_ms:.0f}"
-            f" | {r.poll_seconds:.2f} ({r.render_seconds:.2f})"
+            f" | {r.poll_seconds:.2f} ({r.render_seconds:.2f}) | {r.decode_seconds:.2f}"
             f" | {r.rss_mb:.0f} | {r.peak_rss_mb:.0f} |"
         )
     return "\n".join(rows)
