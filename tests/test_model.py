@@ -7,12 +7,21 @@ from typing import Any
 
 import pytest
 
-from exporter.config import Limits, Window
+from exporter.config import Limits, Window, parse_config
 from exporter.sources.base import Request
-from exporter.sources.user_page import Page, build_report, decode_page, distinct, label_value
+from exporter.sources.team import TEAM
+from exporter.sources.user_page import (
+    USER_PAGE,
+    Page,
+    UserStats,
+    build_report,
+    decode_page,
+    distinct,
+    label_value,
+)
 from exporter.sources.values import count_field, parse_number, parse_time, time_field
 from exporter.state import MalformedResponse
-from tests.rows import ALICE
+from tests.rows import ALICE, BOB
 
 BASE = calendar.timegm((2024, 10, 10, 22, 56, 10, 0, 0, 0))
 
@@ -356,3 +365,56 @@ def test_distinct_labels_whatever_the_values() -> None:
     assert out[4] == "Ann"
     assert out[2].startswith("Sam #")
     assert out[5].startswith("Ann #0123abcd #")
+
+
+# A poll's replies after the first (its later activeDays windows) are read for what
+# build_report takes from them: emails, activeDays, lastUpdateTime.
+
+TWO_WINDOWS = parse_config(
+    {"groups": ["eng"], "active_days_windows": ["7d", "30d"], "team": False}, require_key=False
+)
+ASKED = BASE + 600
+
+
+@pytest.mark.parametrize(("source", "target"), [(USER_PAGE, "eng"), (TEAM, "")])
+def test_a_bad_value_in_both_windows_replies_counts_once(source: Any, target: str) -> None:
+    bad = {**ALICE, "activeDays": 3, "lastAutocompleteUsageTime": "soon", "role": 7}
+    replies = [
+        (request, source.parse(request, {"userTableStats": [bad, {**BOB, "activeDays": 2}]}))
+        for request in source.plan(TWO_WINDOWS, target, ASKED)
+    ]
+    report = source.report(TWO_WINDOWS, target, replies)
+    assert report.unparsable == {"lastAutocompleteUsageTime": 1, "role": 1}
+    assert {u.email: dict(u.active_days) for u in report.users} == {
+        "alice@example.com": {"7d": 3, "30d": 3},
+        "bob@example.com": {"7d": 2, "30d": 2},
+    }
+
+
+@pytest.mark.parametrize(("source", "target"), [(USER_PAGE, "eng"), (TEAM, "")])
+def test_what_a_later_window_adds_is_still_read_and_counted(source: Any, target: str) -> None:
+    week, month = source.plan(TWO_WINDOWS, target, ASKED)
+    later = [
+        {**ALICE, "activeDays": -1, "lastUpdateTime": "2024-10-10T23:00:00Z"},
+        {**BOB, "email": 5, "activeDays": 4},
+        {**BOB, "email": "b" * 300, "activeDays": 4},
+    ]
+    replies = [
+        (week, source.parse(week, {"userTableStats": [{**ALICE, "activeDays": 3}]})),
+        (month, source.parse(month, {"userTableStats": later})),
+    ]
+    report = source.report(TWO_WINDOWS, target, replies)
+    assert report.unparsable == {"activeDays": 1, "email": 1}
+    assert report.limited["max_label_length"] == 1
+    assert report.updated == calendar.timegm((2024, 10, 10, 23, 0, 0))
+    (alice,) = report.users
+    assert (alice.name, dict(alice.active_days)) == ("Alice", {"7d": 3})
+
+
+def test_only_the_first_window_is_read_in_full() -> None:
+    assert [r.full for r in USER_PAGE.plan(TWO_WINDOWS, "eng", ASKED)] == [True, False]
+    later = Request("UserPageAnalytics", {}, "", Window("30d", 30 * 86400.0), full=False)
+    row = {**ALICE, "activeDays": 20, "signupTime": "x", "name": 1}
+    p = decode_page({"userTableStats": [row], "billingCycleStart": "x"}, later)
+    assert p.rows == (UserStats("alice@example.com"),)
+    assert (p.active_days, p.billing_start, p.unparsable) == ((20,), None, {})

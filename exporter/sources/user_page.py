@@ -106,7 +106,8 @@ class UserStats(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Page:
     """One decoded UserPageAnalytics reply: its rows with an email, the activeDays of each
-    (None: unknown), and what reading it left out or could not use."""
+    (None: unknown), and what reading it left out or could not use. A reply not read in full
+    (a later window's) has rows holding an email alone, and no billing cycle."""
 
     rows: tuple[UserStats, ...]
     billing_start: float | None
@@ -202,11 +203,16 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
     """Top-level reply -> Page; protobuf JSON omits an empty userTableStats: absent means none.
 
     Reads at most `limits.max_rows` rows, each value within bounds: an impossible one (see
-    `_Reader`) is unknown and counted, so a hostile reply costs no more than a plain one.
+    `_Reader`) is unknown and counted, so a hostile reply costs no more than a plain one. A
+    reply its request does not read in `full` gives its rows' email and activeDays and its
+    lastUpdateTime only: what build_report takes from a later window's page; its other values
+    are neither read nor counted when unusable.
     """
     document = json_object(document)
     rows = json_list(document, "userTableStats")
-    reader = _Reader(request or Request(METHOD, {}, ""))
+    request = request or Request(METHOD, {}, "")
+    reader = _Reader(request)
+    read = reader.user if request.full else reader.days
     kept = rows[: reader.limits.max_rows]
     users = []
     days = []
@@ -217,14 +223,14 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
         update = reader.update(row)
         if update is not None and (updated is None or update > updated):
             updated = update
-        user = reader.user(row)
+        user = read(row)
         if user is not None:
             users.append(user[0])
             days.append(user[1])
     return Page(
         rows=tuple(users),
-        billing_start=reader.time(document, "billingCycleStart"),
-        billing_end=reader.time(document, "billingCycleEnd", math.inf),
+        billing_start=reader.time(document, "billingCycleStart") if request.full else None,
+        billing_end=reader.time(document, "billingCycleEnd", math.inf) if request.full else None,
         active_days=tuple(days),
         size=len(rows),
         no_email=len(kept) - len(users),
@@ -336,6 +342,14 @@ class _Reader:
             self.count(row, "promptCreditsUsed", _MAX_CREDITS),
         )
         return stats, days
+
+    def days(self, row: dict[str, Any]) -> tuple[UserStats, float | None] | None:
+        """A row of a later window's reply -> its email (alone) and activeDays; None for a row
+        with no email."""
+        email = self.text(row, "email")
+        if not email:
+            return None
+        return UserStats(email), self.count(row, "activeDays", self.max_days)
 
 
 def label_value(value: str, limits: Limits) -> tuple[str, bool]:
@@ -653,10 +667,19 @@ TEAM_KEY = ("team", "")  # the team source's one target, whose replies the group
 
 def plan(config: Config, windows: Sequence[Window], group: str, now: float) -> tuple[Request, ...]:
     """One request per window for `group` ("" = the whole team), read against `now` and the
-    configured limits."""
+    configured limits; a reply after the first is read for its window's activeDays only (see
+    build_report)."""
     return tuple(
-        Request(METHOD, request_body(group, now - w.seconds, now), group, w, now, config.limits)
-        for w in windows
+        Request(
+            METHOD,
+            request_body(group, now - w.seconds, now),
+            group,
+            w,
+            now,
+            config.limits,
+            full=i == 0,
+        )
+        for i, w in enumerate(windows)
     )
 
 
