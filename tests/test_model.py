@@ -418,3 +418,18 @@ def test_only_the_first_window_is_read_in_full() -> None:
     p = decode_page({"userTableStats": [row], "billingCycleStart": "x"}, later)
     assert p.rows == (UserStats("alice@example.com"),)
     assert (p.active_days, p.billing_start, p.unparsable) == ((20,), None, {})
+
+
+def test_a_count_seen_before_is_still_checked_for_its_field() -> None:
+    """A value read once is looked up after: within its field's bounds, of its own type."""
+    rows = [
+        {"email": "a@x.io", "activeDays": 1, "promptCreditsUsed": "40"},
+        {"email": "b@x.io", "activeDays": "40", "promptCreditsUsed": 40},
+        {"email": "c@x.io", "activeDays": True, "promptCreditsUsed": "1"},
+        {"email": "d@x.io", "activeDays": "1", "promptCreditsUsed": "-1"},
+    ]
+    week = Request("UserPageAnalytics", {}, "", Window("7d", 7 * 86400.0))
+    p = decode_page({"userTableStats": rows}, week)
+    assert p.active_days == (1, None, None, 1)
+    assert [u.prompt_credits for u in p.rows] == [40, 40, 1, None]
+    assert p.unparsable == {"activeDays": 2, "promptCreditsUsed": 1}

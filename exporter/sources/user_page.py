@@ -48,12 +48,6 @@ log = logging.getLogger("exporter.user_page")
 
 METHOD = "UserPageAnalytics"
 FEATURES = ("autocomplete", "chat", "command")
-_TIME_FIELDS = (
-    "lastAutocompleteUsageTime",
-    "lastChatUsageTime",
-    "lastCommandUsageTime",
-    "signupTime",
-)
 _APPROVED = "USER_TEAM_STATUS_APPROVED"
 _UPDATED = "lastUpdateTime"
 _CACHED = " Cached from the last successful poll."
@@ -258,6 +252,7 @@ class _Reader:
         self.cut = 0
         self._most = self.limits.max_label_length
         self._numbers: dict[float, float] = {}
+        self._counts: dict[str | int, float] = {}  # as sent -> read, below any maximum
         self._words: dict[str, str] = {}
         self._update: tuple[Any, float | None, bool] = (None, None, False)
 
@@ -279,13 +274,23 @@ class _Reader:
         return value
 
     def count(self, row: Mapping[str, Any], key: str, maximum: float) -> float | None:
-        value, bad = count_field(row.get(key), maximum)
+        """A count, looked up when the same text or int was read before (credits and days
+        repeat on many rows: one float each)."""
+        value: Any = row.get(key)
+        plain = type(value) is str or type(value) is int
+        known = self._counts.get(value) if plain else None
+        if known is not None and known <= maximum:
+            return known
+        number, bad = count_field(value, maximum)
         if bad:
             self.unparsable[key] += 1
             return None
-        if value is None:
+        if number is None:
             return None
-        return kept_once(self._numbers, value)  # credits and days repeat: one float each
+        number = kept_once(self._numbers, number)
+        if plain and len(self._counts) < MEMO:
+            self._counts[value] = number
+        return number
 
     def text(self, row: Mapping[str, Any], key: str) -> str:
         value = row.get(key)
@@ -317,14 +322,12 @@ class _Reader:
         email = self.text(row, "email")
         if not email:
             return None
-        latest = self.latest
-        times = []
-        for key in _TIME_FIELDS:  # the usage times, then the signup
-            value, bad = time_field(row.get(key), latest)
-            if bad:
-                self.unparsable[key] += 1
-            times.append(value)
-        usage = (times[0], times[1], times[2])
+        time = self.time
+        usage = (
+            time(row, "lastAutocompleteUsageTime"),
+            time(row, "lastChatUsageTime"),
+            time(row, "lastCommandUsageTime"),
+        )
         days = self.count(row, "activeDays", self.max_days)
         disabled = row.get("disableCodeium")
         if type(disabled) is not bool:
@@ -337,7 +340,7 @@ class _Reader:
             self.word(row, "role"),
             self.word(row, "teamStatus"),
             disabled,
-            times[3],
+            time(row, "signupTime"),
             _NEVER if usage == _NEVER else usage,
             self.count(row, "promptCreditsUsed", _MAX_CREDITS),
         )

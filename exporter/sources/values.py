@@ -20,7 +20,6 @@ from exporter.state import MalformedResponse
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
-_TENS = tuple(10**n for n in range(10))  # 10**digits of a fraction
 # The seconds each part of an RFC 3339 time adds to (or, the offset, takes from) the epoch's:
 # the parts a reply's times share are read once and looked up after, the dates and offsets as
 # they come (at most MEMO of each), every `hh:mm` and `ss` (60: a leap second, the next
@@ -67,7 +66,7 @@ def _seconds(value: Any) -> float | None:
         digits = len(text) - len(rest) - 20
         if not 1 <= digits <= 9:
             return None
-        fraction = int(text[20 : 20 + digits]) / _TENS[digits]
+        fraction = float(text[19 : 20 + digits])  # = int(digits) / 10**digits, both rounded right
     else:
         rest, fraction = text[19:], 0.0
     zone = _ZONES.get(rest)
