@@ -83,8 +83,11 @@ class UserStats(NamedTuple):
 
     @property
     def last_any_usage(self) -> float | None:
-        used = [t for t in self.last_usage if t is not None]
-        return max(used) if used else None
+        latest = None  # a loop: read for every billable person, it beats max() of a list
+        for used in self.last_usage:
+            if used is not None and (latest is None or used > latest):
+                latest = used
+        return latest
 
     @property
     def idle_since(self) -> float | None:
@@ -139,19 +142,18 @@ def totals(
     """The users' aggregates; no active count for the `unknown` windows (see build_report)."""
     by_status, folded_statuses = bounded(Counter(u.team_status for u in users), max_values)
     by_role, folded_roles = bounded(Counter(u.role for u in users), max_values)
+    billable = [u for u in users if u.billable]
     return Totals(
         active=tuple(
             (window, sum(1 for u in users if u.active_days.get(window, 0) > 0))
             for window in windows
             if window not in unknown
         ),
-        billable=sum(1 for u in users if u.billable),
+        billable=len(billable),
         prompt_credits=sum(u.prompt_credits or 0 for u in users),
         by_team_status=by_status,
         by_role=by_role,
-        idle_since=tuple(
-            sorted(t for u in users if u.billable and (t := u.idle_since) is not None)
-        ),
+        idle_since=tuple(sorted(t for u in billable if (t := u.idle_since) is not None)),
         folded=folded_statuses + folded_roles,
     )
 
@@ -257,10 +259,13 @@ class _Reader:
         self._update: tuple[Any, float | None, bool] = (None, None, False)
 
     def time(self, row: Mapping[str, Any], key: str, latest: float | None = None) -> float | None:
-        value, bad = time_field(row.get(key), self.latest if latest is None else latest)
+        value = row.get(key)
+        if value is None:  # never, as time_field would say: most rows lack a time or two
+            return None
+        seconds, bad = time_field(value, self.latest if latest is None else latest)
         if bad:
             self.unparsable[key] += 1
-        return value
+        return seconds
 
     def update(self, row: Mapping[str, Any]) -> float | None:
         """lastUpdateTime, read again only when it differs from the previous row's."""
