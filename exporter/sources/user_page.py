@@ -302,8 +302,8 @@ class _Reader:
         if type(value) is str:
             if key == "email":
                 value = value.strip()
-            if value.isascii() and len(value) <= self._most:
-                return value  # what label_value would make of it, only faster
+            if len(value) <= self._most:  # what label_value would make of it, only faster
+                return value if value.isascii() else _utf8(value)
         text, bad = text_field(value)
         if bad:
             self.unparsable[key] += 1
@@ -334,7 +334,7 @@ class _Reader:
             time(row, "lastCommandUsageTime"),
         )
         days = self.count(row, "activeDays", self.max_days)
-        disabled = row.get("disableCodeium")
+        disabled = row.get("disableCodeium", False)
         if type(disabled) is not bool:
             disabled, bad = bool_field(disabled)
             if bad:
@@ -366,11 +366,15 @@ def label_value(value: str, limits: Limits) -> tuple[str, bool]:
     one keeping its start and ending in `…` and 8 hex digits of its hash, so cut values stay
     distinct."""
     if not value.isascii():
-        value = value.encode("utf-8", "replace").decode()
+        value = _utf8(value)
     most = limits.max_label_length
     if len(value) <= most:
         return value, False
     return f"{value[: most - 9]}…{_digest(value)[:8]}", True
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode()
 
 
 def _digest(text: str) -> str:
@@ -442,7 +446,7 @@ def _with_days(
         mapping = shared.get(key)
         if mapping is None:
             mapping = shared[key] = MappingProxyType(dict(key))
-        yield UserStats(*user[:-1], mapping)
+        yield UserStats._make((*user[:-1], mapping))
 
 
 def user_hash(email: str, salt: str = "") -> str:

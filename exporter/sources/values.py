@@ -18,15 +18,15 @@ from exporter.state import MalformedResponse
 
 # Unambiguous, so a match is linear: `[0-9]+\.?[0-9]*` backtracked quadratically over long digits.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
-# The seconds each part of an RFC 3339 time adds to (or, the offset, takes from) the epoch's:
-# the parts a reply's times share are read once and looked up after, the dates and offsets as
-# they come (at most MEMO of each), every `hh:mm` and `ss` (60: a leap second, the next
-# second's start) up front.
+# The seconds each part of an RFC 3339 time adds to (or, the offset, takes from) the epoch's,
+# by its text with the separator after it: the parts a reply's times share are read once and
+# looked up after, the dates and offsets as they come (at most MEMO of each), every `hh:mm:`
+# and `ss` (60: a leap second, the next second's start) up front.
 _DAYS: dict[str, int] = {}
 _ZONES: dict[str, int] = {"Z": 0, "z": 0}
-_CLOCKS = {f"{h:02}:{m:02}": h * 3600 + m * 60 for h in range(24) for m in range(60)}
+_CLOCKS = {f"{h:02}:{m:02}:": h * 3600 + m * 60 for h in range(24) for m in range(60)}
 _SECONDS = {f"{s:02}": s for s in range(61)}
 # Longer than any number or RFC 3339 time the API writes (a double's repr fits in 24, a time
 # with 9 fraction digits and an offset in 35): refused before any regex or parser sees them.
@@ -54,19 +54,19 @@ def _seconds(value: Any) -> float | None:
     if not isinstance(value, str) or len(value) > MAX_TIME_TEXT:
         return None
     text = value.strip()
-    if len(text) < 20 or not text.isascii() or text[10] not in "Tt " or text[16] != ":":
+    if len(text) < 20 or not text.isascii():
         return None
-    day = _DAYS.get(text[:10])
-    clock = _CLOCKS.get(text[11:16])
+    day = _DAYS.get(text[:11])
+    clock = _CLOCKS.get(text[11:17])
     second = _SECONDS.get(text[17:19])
-    if clock is None or second is None or (day is None and (day := _day(text[:10])) is None):
+    if clock is None or second is None or (day is None and (day := _day(text[:11])) is None):
         return None
     if text[19] == ".":
         rest = text[20:].lstrip("0123456789")
-        digits = len(text) - len(rest) - 20
-        if not 1 <= digits <= 9:
+        end = len(text) - len(rest)
+        if not 21 <= end <= 29:  # 1 to 9 digits
             return None
-        fraction = float(text[19 : 20 + digits])  # = int(digits) / 10**digits, both rounded right
+        fraction = float(text[19:end])  # = int(digits) / 10**digits, both rounded right
     else:
         rest, fraction = text[19:], 0.0
     zone = _ZONES.get(rest)
@@ -77,11 +77,11 @@ def _seconds(value: Any) -> float | None:
 
 
 def _day(text: str) -> int | None:
-    """`yyyy-mm-dd` -> the seconds from the epoch to its start, kept; None for no such date."""
+    """`yyyy-mm-ddT` -> the seconds from the epoch to its start, kept; None for no such date."""
     if not _DATE.fullmatch(text):
         return None
     try:
-        day = date(int(text[:4]), int(text[5:7]), int(text[8:])).toordinal() - _EPOCH_DAY
+        day = date(int(text[:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_DAY
     except ValueError:  # no such day, month, or year 0
         return None
     return _kept(_DAYS, text, day * 86400)
