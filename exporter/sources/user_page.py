@@ -208,44 +208,35 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
     rows = json_list(document, "userTableStats")
     request = request or Request(METHOD, {}, "")
     reader = _Reader(request)
-    read = reader.user if request.full else reader.days
     kept = rows[: reader.limits.max_rows]
-    users = []
-    days = []
-    updated = None  # when the API last refreshed these people's numbers (every few hours)
     for row in kept:
-        if not isinstance(row, dict):
-            continue
-        update = reader.update(row)
-        if update is not None and (updated is None or update > updated):
-            updated = update
-        user = read(row)
-        if user is not None:
-            users.append(user[0])
-            days.append(user[1])
+        if isinstance(row, dict):
+            reader.row(row)
     return Page(
-        rows=tuple(users),
+        rows=tuple(reader.users),
         billing_start=reader.time(document, "billingCycleStart") if request.full else None,
         billing_end=reader.time(document, "billingCycleEnd", math.inf) if request.full else None,
-        active_days=tuple(days),
+        active_days=tuple(reader.active_days),
         size=len(rows),
-        no_email=len(kept) - len(users),
+        no_email=len(kept) - len(reader.users),
         limited={"max_rows": len(rows) - len(kept), "max_label_length": reader.cut},
         unparsable=dict(reader.unparsable),
-        updated=updated,
+        updated=reader.updated,
     )
 
 
 class _Reader:
     """Reads one reply's values against its request: times not after it was asked (plus clock
     skew), activeDays within its window, credits and counts not negative nor absurd, strings
-    as label values can hold them. Counts what it cannot use, and the strings it cuts.
+    as label values can hold them, into the rows of its Page. Counts what it cannot use, and
+    the strings it cuts.
 
     Values repeated on many rows are kept once: role and teamStatus as interned strings,
     numbers as one float each, and lastUpdateTime (the same on every row) is read once."""
 
     def __init__(self, request: Request) -> None:
         window = request.window
+        self.full = request.full
         self.limits = request.limits
         self.max_days = math.ceil(window.seconds / _DAY) + 1 if window else _MAX_DAYS
         asked = request.asked_at
@@ -257,6 +248,9 @@ class _Reader:
         self._counts: dict[str | int, float] = {}  # as sent -> read, below any maximum
         self._words: dict[str, str] = {}
         self._update: tuple[Any, float | None, bool] = (None, None, False)
+        self.users: list[UserStats] = []
+        self.active_days: list[float | None] = []
+        self.updated: float | None = None  # the newest lastUpdateTime
 
     def time(self, row: Mapping[str, Any], key: str, latest: float | None = None) -> float | None:
         value = row.get(key)
@@ -267,8 +261,9 @@ class _Reader:
             self.unparsable[key] += 1
         return seconds
 
-    def update(self, row: Mapping[str, Any]) -> float | None:
-        """lastUpdateTime, read again only when it differs from the previous row's."""
+    def update(self, row: Mapping[str, Any]) -> None:
+        """Keeps the newest lastUpdateTime, read again only when it differs from the previous
+        row's."""
         text = row.get(_UPDATED)
         last, value, bad = self._update
         if text != last or type(text) is not str:
@@ -276,7 +271,8 @@ class _Reader:
             self._update = (text, value, bad)
         if bad:
             self.unparsable[_UPDATED] += 1
-        return value
+        elif value is not None and (self.updated is None or value > self.updated):
+            self.updated = value
 
     def count(self, row: Mapping[str, Any], key: str, maximum: float) -> float | None:
         """A count, looked up when the same text or int was read before (credits and days
@@ -322,24 +318,28 @@ class _Reader:
                 self._words[known] = known
         return known
 
-    def user(self, row: dict[str, Any]) -> tuple[UserStats, float | None] | None:
-        """A row with an email -> its UserStats and activeDays; None for a row with no email."""
+    def row(self, row: dict[str, Any]) -> None:
+        """Reads a row: its lastUpdateTime, then, when it has an email, its activeDays and
+        UserStats (of its email alone when the reply is not read in full)."""
+        self.update(row)
         email = self.text(row, "email")
-        if not email:
-            return None
+        if email:
+            self.active_days.append(self.count(row, "activeDays", self.max_days))
+            self.users.append(self.user(email, row) if self.full else UserStats(email))
+
+    def user(self, email: str, row: dict[str, Any]) -> UserStats:
         time = self.time
         usage = (
             time(row, "lastAutocompleteUsageTime"),
             time(row, "lastChatUsageTime"),
             time(row, "lastCommandUsageTime"),
         )
-        days = self.count(row, "activeDays", self.max_days)
         disabled = row.get("disableCodeium", False)
         if type(disabled) is not bool:
             disabled, bad = bool_field(disabled)
             if bad:
                 self.unparsable["disableCodeium"] += 1
-        stats = UserStats(
+        return UserStats(
             email,
             self.text(row, "name"),
             self.word(row, "role"),
@@ -349,15 +349,6 @@ class _Reader:
             _NEVER if usage == _NEVER else usage,
             self.count(row, "promptCreditsUsed", _MAX_CREDITS),
         )
-        return stats, days
-
-    def days(self, row: dict[str, Any]) -> tuple[UserStats, float | None] | None:
-        """A row of a later window's reply -> its email (alone) and activeDays; None for a row
-        with no email."""
-        email = self.text(row, "email")
-        if not email:
-            return None
-        return UserStats(email), self.count(row, "activeDays", self.max_days)
 
 
 def label_value(value: str, limits: Limits) -> tuple[str, bool]:
