@@ -102,14 +102,16 @@ class UserStats(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One decoded UserPageAnalytics reply: its rows with an email, the activeDays of each
-    (None: unknown), and what reading it left out or could not use. A reply not read in full
-    (a later window's) has rows holding an email alone, and no billing cycle."""
+    """One decoded UserPageAnalytics reply: its rows with an email (their emails, the
+    activeDays of each (None: unknown), and each as UserStats), and what reading it left out or
+    could not use. A reply not read in full (a later window's) has no UserStats and no billing
+    cycle: plain strings and floats, which the garbage collector does not track."""
 
     rows: tuple[UserStats, ...]
     billing_start: float | None
     billing_end: float | None
     active_days: tuple[float | None, ...] = ()
+    emails: tuple[str, ...] = ()
     size: int = 0  # rows the reply held
     no_email: int = 0
     limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
@@ -217,8 +219,9 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
         billing_start=reader.time(document, "billingCycleStart") if request.full else None,
         billing_end=reader.time(document, "billingCycleEnd", math.inf) if request.full else None,
         active_days=tuple(reader.active_days),
+        emails=tuple(reader.emails),
         size=len(rows),
-        no_email=len(kept) - len(reader.users),
+        no_email=len(kept) - len(reader.emails),
         limited={"max_rows": len(rows) - len(kept), "max_label_length": reader.cut},
         unparsable=dict(reader.unparsable),
         updated=reader.updated,
@@ -248,6 +251,7 @@ class _Reader:
         self._counts: dict[str | int, float] = {}  # as sent -> read, below any maximum
         self._words: dict[str, str] = {}
         self._update: tuple[Any, float | None, bool] = (None, None, False)
+        self.emails: list[str] = []
         self.users: list[UserStats] = []
         self.active_days: list[float | None] = []
         self.updated: float | None = None  # the newest lastUpdateTime
@@ -319,13 +323,15 @@ class _Reader:
         return known
 
     def row(self, row: dict[str, Any]) -> None:
-        """Reads a row: its lastUpdateTime, then, when it has an email, its activeDays and
-        UserStats (of its email alone when the reply is not read in full)."""
+        """Reads a row: its lastUpdateTime, then, when it has an email, its activeDays and,
+        when the reply is read in full, its UserStats."""
         self.update(row)
         email = self.text(row, "email")
         if email:
+            self.emails.append(email)
             self.active_days.append(self.count(row, "activeDays", self.max_days))
-            self.users.append(self.user(email, row) if self.full else UserStats(email))
+            if self.full:
+                self.users.append(self.user(email, row))
 
     def user(self, email: str, row: dict[str, Any]) -> UserStats:
         time = self.time
@@ -395,10 +401,10 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
     missing: set[str] = set()  # windows whose reply lacks someone of the first
     for window, page in pages[1:]:
         seen = set()
-        for user, days in zip(page.rows, page.active_days, strict=True):
-            known = active.get(user.email)
+        for email, days in zip(page.emails, page.active_days, strict=True):
+            known = active.get(email)
             if known is not None:
-                seen.add(user.email)
+                seen.add(email)
                 if days is not None:
                     known.setdefault(window, days)
         if len(seen) < len(users):
