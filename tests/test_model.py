@@ -430,5 +430,5 @@ def test_a_count_seen_before_is_still_checked_for_its_field() -> None:
     week = Request("UserPageAnalytics", {}, "", Window("7d", 7 * 86400.0))
     p = decode_page({"userTableStats": rows}, week)
     assert p.active_days == (1, None, None, 1)
-    assert [u.prompt_credits for u in p.rows] == [40, 40, 1, None]
+    assert [u.prompt_credits for u in build_report([("7d", p)]).users] == [40, 40, 1, None]
     assert p.unparsable == {"activeDays": 2, "promptCreditsUsed": 1}

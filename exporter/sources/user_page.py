@@ -100,14 +100,29 @@ class UserStats(NamedTuple):
         return self.team_status == _APPROVED and not self.disabled
 
 
+# A row's values as UserStats holds them, its activeDays left out: a plain tuple (which the
+# garbage collector stops tracking) until build_report makes it the person's one UserStats, with
+# every window's activeDays.
+RowValues = tuple[
+    str,
+    str,
+    str,
+    str,
+    bool,
+    float | None,
+    tuple[float | None, float | None, float | None],
+    float | None,
+]
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """One decoded UserPageAnalytics reply: its rows with an email (their emails, the
-    activeDays of each (None: unknown), and each as UserStats), and what reading it left out or
-    could not use. A reply not read in full (a later window's) has no UserStats and no billing
-    cycle: plain strings and floats, which the garbage collector does not track."""
+    activeDays of each (None: unknown), and the other values of each), and what reading it
+    left out or could not use. A reply not read in full (a later window's) has only the emails
+    and activeDays, and no billing cycle."""
 
-    rows: tuple[UserStats, ...]
+    rows: tuple[RowValues, ...]
     billing_start: float | None
     billing_end: float | None
     active_days: tuple[float | None, ...] = ()
@@ -252,7 +267,7 @@ class _Reader:
         self._words: dict[str, str] = {}
         self._update: tuple[Any, float | None, bool] = (None, None, False)
         self.emails: list[str] = []
-        self.users: list[UserStats] = []
+        self.users: list[RowValues] = []
         self.active_days: list[float | None] = []
         self.updated: float | None = None  # the newest lastUpdateTime
 
@@ -333,7 +348,7 @@ class _Reader:
             if self.full:
                 self.users.append(self.user(email, row))
 
-    def user(self, email: str, row: dict[str, Any]) -> UserStats:
+    def user(self, email: str, row: dict[str, Any]) -> RowValues:
         time = self.time
         usage = (
             time(row, "lastAutocompleteUsageTime"),
@@ -345,7 +360,7 @@ class _Reader:
             disabled, bad = bool_field(disabled)
             if bad:
                 self.unparsable["disableCodeium"] += 1
-        return UserStats(
+        return (
             email,
             self.text(row, "name"),
             self.word(row, "role"),
@@ -389,15 +404,16 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
     """
     limits = limits or Limits()
     first = pages[0][1] if pages else Page((), None, None)
-    users: dict[str, UserStats] = {}
+    users: dict[str, RowValues] = {}
     active: dict[str, dict[str, float]] = {}
     skipped = first.no_email
     for user, days in zip(first.rows, first.active_days, strict=True):
-        if user.email in users:
+        email = user[0]
+        if email in users:
             skipped += 1
         else:
-            users[user.email] = user
-            active[user.email] = {} if days is None else {pages[0][0]: days}
+            users[email] = user
+            active[email] = {} if days is None else {pages[0][0]: days}
     missing: set[str] = set()  # windows whose reply lacks someone of the first
     for window, page in pages[1:]:
         seen = set()
@@ -433,17 +449,18 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
 
 
 def _with_days(
-    users: Iterable[UserStats], active: Iterable[Mapping[str, float]]
+    users: Iterable[RowValues], active: Iterable[Mapping[str, float]]
 ) -> Iterator[UserStats]:
     """Each user with their activeDays, one read-only mapping for everyone with the same ones
-    (there are few distinct ones: a few bytes a person instead of a dict)."""
+    (there are few distinct ones: a few bytes a person instead of a dict): the one UserStats
+    made of each row."""
     shared: dict[tuple[tuple[str, float], ...], Mapping[str, float]] = {}
     for user, days in zip(users, active, strict=True):
         key = tuple(days.items())
         mapping = shared.get(key)
         if mapping is None:
             mapping = shared[key] = MappingProxyType(dict(key))
-        yield UserStats._make((*user[:-1], mapping))
+        yield UserStats._make((*user, mapping))
 
 
 def user_hash(email: str, salt: str = "") -> str:
