@@ -416,14 +416,10 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
             active[email] = {} if days is None else {pages[0][0]: days}
     missing: set[str] = set()  # windows whose reply lacks someone of the first
     for window, page in pages[1:]:
-        seen = set()
         for email, days in zip(page.emails, page.active_days, strict=True):
-            known = active.get(email)
-            if known is not None:
-                seen.add(email)
-                if days is not None:
-                    known.setdefault(window, days)
-        if len(seen) < len(users):
+            if days is not None and (known := active.get(email)) is not None:
+                known.setdefault(window, days)
+        if not users.keys() <= set(page.emails):
             missing.add(window)
     stats = tuple(_with_days(users.values(), active.values()))
     # A person missing from a window's reply (the team changed between two requests) makes
