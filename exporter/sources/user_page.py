@@ -288,10 +288,10 @@ class _Reader:
         if text != last or type(text) is not str:
             value, bad = time_field(text, self.latest)
             self._update = (text, value, bad)
+            if value is not None and (self.updated is None or value > self.updated):
+                self.updated = value
         if bad:
             self.unparsable[_UPDATED] += 1
-        elif value is not None and (self.updated is None or value > self.updated):
-            self.updated = value
 
     def count(self, row: Mapping[str, Any], key: str, maximum: float) -> float | None:
         """A count, looked up when the same text or int was read before (credits and days
