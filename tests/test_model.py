@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from exporter.config import Limits, Window
+from exporter.config import Limits, Window, parse_config
 from exporter.sources.base import Request
+from exporter.sources.team import TEAM
 from exporter.sources.user_page import (
+    USER_PAGE,
     Page,
     build_report,
     decode_page,
@@ -20,7 +22,7 @@ from exporter.sources.user_page import (
 )
 from exporter.sources.values import count_field, parse_number, parse_time, time_field
 from exporter.state import MalformedResponse
-from tests.rows import ALICE
+from tests.rows import ALICE, BOB
 
 BASE = calendar.timegm((2024, 10, 10, 22, 56, 10, 0, 0, 0))
 
@@ -371,7 +373,7 @@ def test_kept_strings_are_copies_so_the_decoded_reply_can_be_given_back() -> Non
     # reply's freed strings: resident memory a whole reply's worth larger than the rows.
     document = {"userTableStats": [{"email": "alice@example.com", "name": "Alice"}]}
     row = document["userTableStats"][0]
-    (user,) = decode_page(document).rows
+    (user,) = build_report([("30d", decode_page(document))]).users
     assert (user.email, user.name) == (row["email"], row["name"])
     assert user.email is not row["email"]
     assert user.name is not row["name"]
@@ -385,3 +387,71 @@ def test_a_person_is_named_by_their_email_in_lower_case_sharing_the_string_when_
         assert person_key(email) == email.lower()
     lower = "bob@example.com"
     assert person_key(lower) is lower
+
+
+# A poll's replies after the first (its later activeDays windows) are read for what
+# build_report takes from them: emails, activeDays, lastUpdateTime.
+
+TWO_WINDOWS = parse_config(
+    {"groups": ["eng"], "active_days_windows": ["7d", "30d"], "team": False}, require_key=False
+)
+ASKED = BASE + 600
+
+
+@pytest.mark.parametrize(("source", "target"), [(USER_PAGE, "eng"), (TEAM, "")])
+def test_a_bad_value_in_both_windows_replies_counts_once(source: Any, target: str) -> None:
+    bad = {**ALICE, "activeDays": 3, "lastAutocompleteUsageTime": "soon", "role": 7}
+    replies = [
+        (request, source.parse(request, {"userTableStats": [bad, {**BOB, "activeDays": 2}]}))
+        for request in source.plan(TWO_WINDOWS, target, ASKED)
+    ]
+    report = source.report(TWO_WINDOWS, target, replies)
+    assert report.unparsable == {"lastAutocompleteUsageTime": 1, "role": 1}
+    assert {u.email: dict(u.active_days) for u in report.users} == {
+        "alice@example.com": {"7d": 3, "30d": 3},
+        "bob@example.com": {"7d": 2, "30d": 2},
+    }
+
+
+@pytest.mark.parametrize(("source", "target"), [(USER_PAGE, "eng"), (TEAM, "")])
+def test_what_a_later_window_adds_is_still_read_and_counted(source: Any, target: str) -> None:
+    week, month = source.plan(TWO_WINDOWS, target, ASKED)
+    later = [
+        {**ALICE, "activeDays": -1, "lastUpdateTime": "2024-10-10T23:00:00Z"},
+        {**BOB, "email": 5, "activeDays": 4},
+        {**BOB, "email": "b" * 300, "activeDays": 4},
+    ]
+    replies = [
+        (week, source.parse(week, {"userTableStats": [{**ALICE, "activeDays": 3}]})),
+        (month, source.parse(month, {"userTableStats": later})),
+    ]
+    report = source.report(TWO_WINDOWS, target, replies)
+    assert report.unparsable == {"activeDays": 1, "email": 1}
+    assert report.limited["max_label_length"] == 1
+    assert report.updated == calendar.timegm((2024, 10, 10, 23, 0, 0))
+    (alice,) = report.users
+    assert (alice.name, dict(alice.active_days)) == ("Alice", {"7d": 3})
+
+
+def test_only_the_first_window_is_read_in_full() -> None:
+    assert [r.full for r in USER_PAGE.plan(TWO_WINDOWS, "eng", ASKED)] == [True, False]
+    later = Request("UserPageAnalytics", {}, "", Window("30d", 30 * 86400.0), full=False)
+    row = {**ALICE, "activeDays": 20, "signupTime": "x", "name": 1}
+    p = decode_page({"userTableStats": [row], "billingCycleStart": "x"}, later)
+    assert (p.rows, p.emails, p.active_days) == ((), ("alice@example.com",), (20,))
+    assert (p.billing_start, p.unparsable) == (None, {})
+
+
+def test_a_count_seen_before_is_still_checked_for_its_field() -> None:
+    """A value read once is looked up after: within its field's bounds, of its own type."""
+    rows = [
+        {"email": "a@x.io", "activeDays": 1, "promptCreditsUsed": "40"},
+        {"email": "b@x.io", "activeDays": "40", "promptCreditsUsed": 40},
+        {"email": "c@x.io", "activeDays": True, "promptCreditsUsed": "1"},
+        {"email": "d@x.io", "activeDays": "1", "promptCreditsUsed": "-1"},
+    ]
+    week = Request("UserPageAnalytics", {}, "", Window("7d", 7 * 86400.0))
+    p = decode_page({"userTableStats": rows}, week)
+    assert p.active_days == (1, None, None, 1)
+    assert [u.prompt_credits for u in build_report([("7d", p)]).users] == [40, 40, 1, None]
+    assert p.unparsable == {"activeDays": 2, "promptCreditsUsed": 1}

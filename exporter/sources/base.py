@@ -22,8 +22,8 @@ from exporter.state import Report
 class Request:
     """One call of a v1 method: its body without the service key (the transport adds it), the
     target it is for, the window it covers, if any, and what its reply is read against: when
-    it was asked (wall time; None: no bound), the limits on what is built from it, and the
-    permission it needs."""
+    it was asked (wall time; None: no bound), the limits on what is built from it, whether its
+    source reads all of it, and the permission it needs."""
 
     method: str
     body: Mapping[str, Any]
@@ -31,6 +31,9 @@ class Request:
     window: Window | None = None
     asked_at: float | None = None
     limits: Limits = field(default_factory=Limits)
+    # False: the source reads only what this request adds to the poll's first one (a later
+    # activeDays window's reply: its activeDays), and none of the reply's other values.
+    full: bool = True
     # The key's permission the method needs, named when the upstream refuses the key.
     permission: str = "Teams Read-only"
     # Makes the object_hook its reply's JSON is read with, one per reply (None: plain dicts): a

@@ -60,12 +60,6 @@ log = logging.getLogger("exporter.user_page")
 
 METHOD = "UserPageAnalytics"
 FEATURES = ("autocomplete", "chat", "command")
-_TIME_FIELDS = (
-    "lastAutocompleteUsageTime",
-    "lastChatUsageTime",
-    "lastCommandUsageTime",
-    "signupTime",
-)
 _APPROVED = "USER_TEAM_STATUS_APPROVED"
 _UPDATED = "lastUpdateTime"
 _CACHED = " Cached from the last successful poll."
@@ -102,8 +96,11 @@ class UserStats(NamedTuple):
 
     @property
     def last_any_usage(self) -> float | None:
-        used = [t for t in self.last_usage if t is not None]
-        return max(used) if used else None
+        latest = None  # a loop: read for every billable person, it beats max() of a list
+        for used in self.last_usage:
+            if used is not None and (latest is None or used > latest):
+                latest = used
+        return latest
 
     @property
     def idle_since(self) -> float | None:
@@ -116,15 +113,33 @@ class UserStats(NamedTuple):
         return self.team_status == _APPROVED and not self.disabled
 
 
+# A row's values as UserStats holds them, its activeDays left out: a plain tuple (which the
+# garbage collector stops tracking) until build_report makes it the person's one UserStats, with
+# every window's activeDays.
+RowValues = tuple[
+    str,
+    str,
+    str,
+    str,
+    bool,
+    float | None,
+    tuple[float | None, float | None, float | None],
+    float | None,
+]
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One decoded UserPageAnalytics reply: its rows with an email, the activeDays of each
-    (None: unknown), and what reading it left out or could not use."""
+    """One decoded UserPageAnalytics reply: its rows with an email (their emails, the
+    activeDays of each (None: unknown), and the other values of each), and what reading it
+    left out or could not use. A reply not read in full (a later window's) has only the emails
+    and activeDays, and no billing cycle."""
 
-    rows: tuple[UserStats, ...]
+    rows: tuple[RowValues, ...]
     billing_start: float | None
     billing_end: float | None
     active_days: tuple[float | None, ...] = ()
+    emails: tuple[str, ...] = ()
     size: int = 0  # rows the reply held
     no_email: int = 0
     limited: Mapping[str, int] = field(default_factory=dict)  # per limits key: values cut
@@ -157,19 +172,18 @@ def totals(
     """The users' aggregates; no active count for the `unknown` windows (see build_report)."""
     by_status, folded_statuses = bounded(Counter(u.team_status for u in users), max_values)
     by_role, folded_roles = bounded(Counter(u.role for u in users), max_values)
+    billable = [u for u in users if u.billable]
     return Totals(
         active=tuple(
             (window, sum(1 for u in users if u.active_days.get(window, 0) > 0))
             for window in windows
             if window not in unknown
         ),
-        billable=sum(1 for u in users if u.billable),
+        billable=len(billable),
         prompt_credits=sum(u.prompt_credits or 0 for u in users),
         by_team_status=by_status,
         by_role=by_role,
-        idle_since=tuple(
-            sorted(t for u in users if u.billable and (t := u.idle_since) is not None)
-        ),
+        idle_since=tuple(sorted(t for u in billable if (t := u.idle_since) is not None)),
         folded=folded_statuses + folded_roles,
     )
 
@@ -215,48 +229,45 @@ def decode_page(document: Any, request: Request | None = None) -> Page:
     """Top-level reply -> Page; protobuf JSON omits an empty userTableStats: absent means none.
 
     Reads at most `limits.max_rows` rows, each value within bounds: an impossible one (see
-    `_Reader`) is unknown and counted, so a hostile reply costs no more than a plain one.
+    `_Reader`) is unknown and counted, so a hostile reply costs no more than a plain one. A
+    reply its request does not read in `full` gives its rows' email and activeDays and its
+    lastUpdateTime only: what build_report takes from a later window's page; its other values
+    are neither read nor counted when unusable.
     """
     document = json_object(document)
     rows = json_list(document, "userTableStats")
-    reader = _Reader(request or Request(METHOD, {}, ""))
+    request = request or Request(METHOD, {}, "")
+    reader = _Reader(request)
     kept = rows[: reader.limits.max_rows]
-    users = []
-    days = []
-    updated = None  # when the API last refreshed these people's numbers (every few hours)
     for row in kept:
-        if not isinstance(row, dict):
-            continue
-        update = reader.update(row)
-        if update is not None and (updated is None or update > updated):
-            updated = update
-        user = reader.user(row)
-        if user is not None:
-            users.append(user[0])
-            days.append(user[1])
+        if isinstance(row, dict):
+            reader.row(row)
     return Page(
-        rows=tuple(users),
-        billing_start=reader.time(document, "billingCycleStart"),
-        billing_end=reader.time(document, "billingCycleEnd", math.inf),
-        active_days=tuple(days),
+        rows=tuple(reader.users),
+        billing_start=reader.time(document, "billingCycleStart") if request.full else None,
+        billing_end=reader.time(document, "billingCycleEnd", math.inf) if request.full else None,
+        active_days=tuple(reader.active_days),
+        emails=tuple(reader.emails),
         size=len(rows),
-        no_email=len(kept) - len(users),
+        no_email=len(kept) - len(reader.emails),
         limited={"max_rows": len(rows) - len(kept), "max_label_length": reader.cut},
         unparsable=dict(reader.unparsable),
-        updated=updated,
+        updated=reader.updated,
     )
 
 
 class _Reader:
     """Reads one reply's values against its request: times not after it was asked (plus clock
     skew), activeDays within its window, credits and counts not negative nor absurd, strings
-    as label values can hold them. Counts what it cannot use, and the strings it cuts.
+    as label values can hold them, into the rows of its Page. Counts what it cannot use, and
+    the strings it cuts.
 
     Values repeated on many rows are kept once: role and teamStatus as interned strings,
     numbers as one float each, and lastUpdateTime (the same on every row) is read once."""
 
     def __init__(self, request: Request) -> None:
         window = request.window
+        self.full = request.full
         self.limits = request.limits
         self.max_days = math.ceil(window.seconds / _DAY) + 1 if window else _MAX_DAYS
         asked = request.asked_at
@@ -265,42 +276,62 @@ class _Reader:
         self.cut = 0
         self._most = self.limits.max_label_length
         self._numbers: dict[float, float] = {}
+        self._counts: dict[str | int, float] = {}  # as sent -> read, below any maximum
         self._words: dict[str, str] = {}
         self._update: tuple[Any, float | None, bool] = (None, None, False)
+        self.emails: list[str] = []
+        self.users: list[RowValues] = []
+        self.active_days: list[float | None] = []
+        self.updated: float | None = None  # the newest lastUpdateTime
 
     def time(self, row: Mapping[str, Any], key: str, latest: float | None = None) -> float | None:
-        value, bad = time_field(row.get(key), self.latest if latest is None else latest)
+        value = row.get(key)
+        if value is None:  # never, as time_field would say: most rows lack a time or two
+            return None
+        seconds, bad = time_field(value, self.latest if latest is None else latest)
         if bad:
             self.unparsable[key] += 1
-        return value
+        return seconds
 
-    def update(self, row: Mapping[str, Any]) -> float | None:
-        """lastUpdateTime, read again only when it differs from the previous row's."""
+    def update(self, row: Mapping[str, Any]) -> None:
+        """Keeps the newest lastUpdateTime, read again only when it differs from the previous
+        row's."""
         text = row.get(_UPDATED)
         last, value, bad = self._update
         if text != last or type(text) is not str:
             value, bad = time_field(text, self.latest)
             self._update = (text, value, bad)
+            if value is not None and (self.updated is None or value > self.updated):
+                self.updated = value
         if bad:
             self.unparsable[_UPDATED] += 1
-        return value
 
     def count(self, row: Mapping[str, Any], key: str, maximum: float) -> float | None:
-        value, bad = count_field(row.get(key), maximum)
+        """A count, looked up when the same text or int was read before (credits and days
+        repeat on many rows: one float each)."""
+        value: Any = row.get(key)
+        plain = type(value) is str or type(value) is int
+        known = self._counts.get(value) if plain else None
+        if known is not None and known <= maximum:
+            return known
+        number, bad = count_field(value, maximum)
         if bad:
             self.unparsable[key] += 1
             return None
-        if value is None:
+        if number is None:
             return None
-        return kept_once(self._numbers, value)  # credits and days repeat: one float each
+        number = kept_once(self._numbers, number)
+        if plain and len(self._counts) < MEMO:
+            self._counts[value] = number
+        return number
 
     def text(self, row: Mapping[str, Any], key: str) -> str:
         value = row.get(key)
         if type(value) is str:
             if key == "email":
                 value = value.strip()
-            if value.isascii() and len(value) <= self._most:
-                return fresh(value)  # what label_value would make of it, only faster
+            if len(value) <= self._most:  # what label_value would make of it, only faster
+                return fresh(value) if value.isascii() else _utf8(value)
         text, bad = text_field(value)
         if bad:
             self.unparsable[key] += 1
@@ -319,36 +350,39 @@ class _Reader:
                 self._words[known] = known
         return known
 
-    def user(self, row: dict[str, Any]) -> tuple[UserStats, float | None] | None:
-        """A row with an email -> its UserStats and activeDays; None for a row with no email."""
+    def row(self, row: dict[str, Any]) -> None:
+        """Reads a row: its lastUpdateTime, then, when it has an email, its activeDays and,
+        when the reply is read in full, its UserStats."""
+        self.update(row)
         email = self.text(row, "email")
-        if not email:
-            return None
-        latest = self.latest
-        times = []
-        for key in _TIME_FIELDS:  # the usage times, then the signup
-            value, bad = time_field(row.get(key), latest)
-            if bad:
-                self.unparsable[key] += 1
-            times.append(value)
-        usage = (times[0], times[1], times[2])
-        days = self.count(row, "activeDays", self.max_days)
-        disabled = row.get("disableCodeium")
+        if email:
+            self.emails.append(email)
+            self.active_days.append(self.count(row, "activeDays", self.max_days))
+            if self.full:
+                self.users.append(self.user(email, row))
+
+    def user(self, email: str, row: dict[str, Any]) -> RowValues:
+        time = self.time
+        usage = (
+            time(row, "lastAutocompleteUsageTime"),
+            time(row, "lastChatUsageTime"),
+            time(row, "lastCommandUsageTime"),
+        )
+        disabled = row.get("disableCodeium", False)
         if type(disabled) is not bool:
             disabled, bad = bool_field(disabled)
             if bad:
                 self.unparsable["disableCodeium"] += 1
-        stats = UserStats(
+        return (
             email,
             self.text(row, "name"),
             self.word(row, "role"),
             self.word(row, "teamStatus"),
             disabled,
-            times[3],
+            time(row, "signupTime"),
             _NEVER if usage == _NEVER else usage,
             self.count(row, "promptCreditsUsed", _MAX_CREDITS),
         )
-        return stats, days
 
 
 def label_value(value: str, limits: Limits) -> tuple[str, bool]:
@@ -357,11 +391,15 @@ def label_value(value: str, limits: Limits) -> tuple[str, bool]:
     one keeping its start and ending in `…` and 8 hex digits of its hash, so cut values stay
     distinct."""
     if not value.isascii():
-        value = value.encode("utf-8", "replace").decode()
+        value = _utf8(value)
     most = limits.max_label_length
     if len(value) <= most:
         return value, False
     return f"{value[: most - 9]}…{_digest(value)[:8]}", True
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode()
 
 
 def _digest(text: str) -> str:
@@ -379,25 +417,22 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
     """
     limits = limits or Limits()
     first = pages[0][1] if pages else Page((), None, None)
-    users: dict[str, UserStats] = {}
+    users: dict[str, RowValues] = {}
     active: dict[str, dict[str, float]] = {}
     skipped = first.no_email
     for user, days in zip(first.rows, first.active_days, strict=True):
-        if user.email in users:
+        email = user[0]
+        if email in users:
             skipped += 1
         else:
-            users[user.email] = user
-            active[user.email] = {} if days is None else {pages[0][0]: days}
+            users[email] = user
+            active[email] = {} if days is None else {pages[0][0]: days}
     missing: set[str] = set()  # windows whose reply lacks someone of the first
     for window, page in pages[1:]:
-        seen = set()
-        for user, days in zip(page.rows, page.active_days, strict=True):
-            known = active.get(user.email)
-            if known is not None:
-                seen.add(user.email)
-                if days is not None:
-                    known.setdefault(window, days)
-        if len(seen) < len(users):
+        for email, days in zip(page.emails, page.active_days, strict=True):
+            if days is not None and (known := active.get(email)) is not None:
+                known.setdefault(window, days)
+        if not users.keys() <= set(page.emails):
             missing.add(window)
     stats = tuple(_with_days(users.values(), active.values()))
     # A person missing from a window's reply (the team changed between two requests) makes
@@ -423,17 +458,18 @@ def build_report(pages: Sequence[tuple[str, Page]], limits: Limits | None = None
 
 
 def _with_days(
-    users: Iterable[UserStats], active: Iterable[Mapping[str, float]]
+    users: Iterable[RowValues], active: Iterable[Mapping[str, float]]
 ) -> Iterator[UserStats]:
     """Each user with their activeDays, one read-only mapping for everyone with the same ones
-    (there are few distinct ones: a few bytes a person instead of a dict)."""
+    (there are few distinct ones: a few bytes a person instead of a dict): the one UserStats
+    made of each row."""
     shared: dict[tuple[tuple[str, float], ...], Mapping[str, float]] = {}
     for user, days in zip(users, active, strict=True):
         key = tuple(days.items())
         mapping = shared.get(key)
         if mapping is None:
             mapping = shared[key] = MappingProxyType(dict(key))
-        yield UserStats(*user[:-1], mapping)
+        yield UserStats._make((*user, mapping))
 
 
 def person_key(email: str) -> str:
@@ -673,10 +709,19 @@ TEAM_KEY = ("team", "")  # the team source's one target, whose replies the group
 
 def plan(config: Config, windows: Sequence[Window], group: str, now: float) -> tuple[Request, ...]:
     """One request per window for `group` ("" = the whole team), read against `now` and the
-    configured limits."""
+    configured limits; a reply after the first is read for its window's activeDays only (see
+    build_report)."""
     return tuple(
-        Request(METHOD, request_body(group, now - w.seconds, now), group, w, now, config.limits)
-        for w in windows
+        Request(
+            METHOD,
+            request_body(group, now - w.seconds, now),
+            group,
+            w,
+            now,
+            config.limits,
+            full=i == 0,
+        )
+        for i, w in enumerate(windows)
     )
 
 

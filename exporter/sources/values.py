@@ -11,21 +11,28 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date
 from typing import Any, TypeVar
 
 from exporter.state import MalformedResponse
 
 # Unambiguous, so a match is linear: `[0-9]+\.?[0-9]*` backtracked quadratically over long digits.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_UTC = "+00:00"
-_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}")
-_fromisoformat = datetime.fromisoformat  # looked up once: it reads every time of every row
-_TENS = tuple(10**n for n in range(10))  # 10**digits of a fraction
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+# The seconds each part of an RFC 3339 time adds to (or, the offset, takes from) the epoch's,
+# by its text with the separator after it: the parts a reply's times share are read once and
+# looked up after, the dates and offsets as they come (at most MEMO of each), every `hh:mm:`
+# and `ss` (60: a leap second, the next second's start) up front.
+_DAYS: dict[str, int] = {}
+_ZONES: dict[str, int] = {"Z": 0, "z": 0}
+_CLOCKS = {f"{h:02}:{m:02}:": h * 3600 + m * 60 for h in range(24) for m in range(60)}
+_SECONDS = {f"{s:02}": s for s in range(61)}
 # Longer than any number or RFC 3339 time the API writes (a double's repr fits in 24, a time
 # with 9 fraction digits and an offset in 35): refused before any regex or parser sees them.
 MAX_NUMBER_TEXT = 64
-# Distinct values a reply's reader keeps once, whatever the reply holds.
+# Distinct values a reply's reader keeps once, whatever the reply holds (the time reader: of
+# each part of a time, whatever the process reads).
 MEMO = 4096
 K = TypeVar("K")
 MAX_TIME_TEXT = 64
@@ -40,47 +47,65 @@ def parse_time(value: Any) -> float | None:
 def _seconds(value: Any) -> float | None:
     """RFC 3339 -> Unix seconds, the epoch and before included; None when malformed.
 
-    `datetime.fromisoformat` does the calendar; it also takes forms RFC 3339 does not (no
-    offset, basic format, hours only, more fraction digits), so the shape is checked first.
+    Each part is checked and read on its own (dates, `hh:mm`, seconds and offsets mostly
+    looked up), so forms ISO 8601 has and RFC 3339 does not (no offset, basic format, week
+    dates, hours only, more fraction digits) are refused.
     """
     if not isinstance(value, str) or len(value) > MAX_TIME_TEXT:
         return None
     text = value.strip()
-    if len(text) < 20 or not text.isascii() or text[10] not in "Tt " or text[19] not in ".Zz+-":
+    if len(text) < 20 or not text.isascii():
         return None
-    head = text[:19]
-    if not _DATE_TIME.fullmatch(head):  # fromisoformat also takes week dates, basic times
+    day = _DAYS.get(text[:11])
+    clock = _CLOCKS.get(text[11:17])
+    second = _SECONDS.get(text[17:19])
+    if clock is None or second is None or (day is None and (day := _day(text[:11])) is None):
         return None
     if text[19] == ".":
         rest = text[20:].lstrip("0123456789")
-        digits = len(text) - len(rest) - 20
-        if not 1 <= digits <= 9:
+        end = len(text) - len(rest)
+        if not 21 <= end <= 29:  # 1 to 9 digits
             return None
-        fraction = int(text[20 : 20 + digits]) / _TENS[digits]
+        fraction = float(text[19:end])  # = int(digits) / 10**digits, both rounded right
     else:
         rest, fraction = text[19:], 0.0
-    offset = _UTC if rest in ("Z", "z") else _offset(rest)
-    if offset is None:
+    zone = _ZONES.get(rest)
+    if zone is None and (zone := _zone(rest)) is None:
         return None
-    try:
-        if head[17:] == "60":  # a leap second is the next second's start
-            whole = _fromisoformat(head[:17] + "59" + offset).timestamp() + 1
-        else:
-            whole = _fromisoformat(head + offset).timestamp()
-    except ValueError:
-        return None
+    whole = float(day + clock + second - zone)
     return whole + fraction if fraction else whole
 
 
-def _offset(text: str) -> str | None:
-    """`Z`, `+hh:mm` or `+hhmm` -> `+hh:mm` (fromisoformat checks the hours); None otherwise."""
-    if text in ("Z", "z"):
-        return _UTC
-    if len(text) == 5:
-        text = text[:3] + ":" + text[3:]
-    if len(text) != 6 or text[0] not in "+-" or text[3] != ":" or not text[4:].isdigit():
+def _day(text: str) -> int | None:
+    """`yyyy-mm-ddT` -> the seconds from the epoch to its start, kept; None for no such date."""
+    if not _DATE.fullmatch(text):
         return None
-    return text if text[4:] < "60" else None
+    try:
+        day = date(int(text[:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_DAY
+    except ValueError:  # no such day, month, or year 0
+        return None
+    return _kept(_DAYS, text, day * 86400)
+
+
+def _zone(text: str) -> int | None:
+    """`+hh:mm` or `+hhmm` (hours below 24) -> seconds east of UTC, kept; None otherwise."""
+    hours, minutes = text[1:3], text[-2:]
+    if (
+        len(text) - (text[3:4] == ":") != 5
+        or text[0] not in "+-"
+        or not (hours + minutes).isdigit()
+        or hours > "23"
+        or minutes > "59"
+    ):
+        return None
+    seconds = int(hours) * 3600 + int(minutes) * 60
+    return _kept(_ZONES, text, seconds if text[0] == "+" else -seconds)
+
+
+def _kept(memo: dict[str, int], text: str, seconds: int) -> int:
+    if len(memo) < MEMO:
+        memo[text] = seconds
+    return seconds
 
 
 def parse_number(value: Any) -> float | None:
