@@ -48,10 +48,9 @@ def labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 def number(value: float) -> str:
     """Integers without a fraction, other floats as shortest round-trip repr."""
-    if type(value) is float and not value.is_integer():
-        return repr(value)  # the usual time, first: a third of the work
-    value = float(value)
-    if value.is_integer() and abs(value) < 1e15:
+    if type(value) is not float:
+        value = float(value)
+    if value.is_integer() and -1e15 < value < 1e15:
         return str(int(value))
     return repr(value)
 

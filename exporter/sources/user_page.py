@@ -544,6 +544,8 @@ def _retagged(value: str, email: str, tagged: str, salt: str, repeated: bool) ->
 
 def _suffixed(value: str) -> bool:
     """Empty, or ending like a disambiguated value (` #` and 8 or more hex digits)."""
+    if value and value[0] != "#" and " #" not in value:
+        return False  # the usual: no ` #` at all
     _, sep, tail = (" " + value).rpartition(" #")
     return not value or (bool(sep) and len(tail) >= 8 and all(c in _HEX for c in tail))
 
@@ -783,7 +785,7 @@ _VERSIONS = itertools.count()  # unique across _People objects: a version names 
 class _Person:
     """One person's labels and what they were made from."""
 
-    __slots__ = ("groups", "name", "out", "row", "value")
+    __slots__ = ("groups", "label", "name", "out", "row", "value")
 
     def __init__(self, row: UserStats, groups: str, value: str) -> None:
         self.row = row  # the row naming them: the team's, else their first group's
@@ -791,6 +793,7 @@ class _Person:
         self.value = value  # what labels them before `distinct`
         self.out = ""  # after `distinct`'s first pass
         self.name = ""  # their `user` label
+        self.label = ""  # the same, escaped for the exposition
 
 
 class _People:
@@ -1048,6 +1051,7 @@ class _People:
             name = _retagged(who.value, who.row.email, who.out, self.salt, again(who.out, 0) > 1)
             if name != who.name:
                 who.name = name
+                who.label = escape(name)
                 renamed.append(person)
         return renamed
 
@@ -1068,7 +1072,7 @@ class _People:
                     f'role="{escape(row.role)}",team_status="{escape(row.team_status)}",'
                     f'groups="{escape(who.groups)}"}} 1\n'
                 )
-            user = escape(who.name)
+            user = who.label
             if self.mode == "email":  # the labels of _info_names, written out: 4x faster
                 out.append(
                     f'{name}{{group="{g}",user="{user}",name="{escape(row.name)}",'
@@ -1184,7 +1188,8 @@ def _seats_piece(group: str, rows: Mapping[str, UserStats], people: _People) -> 
     """The per-user series of these people in `group` but their info: each person's labels
     escaped once, each family's lines made in one pass over them."""
     g = escape(group)
-    who = [(f'{{group="{g}",user="{escape(people.people[p].name)}"', u) for p, u in rows.items()]
+    named = people.people
+    who = [(f'{{group="{g}",user="{named[p].label}"', u) for p, u in rows.items()]
     # People with the same activeDays share one mapping (build_report): its lines' ends once.
     shared = {id(u.active_days): u.active_days for _, u in who}
     days = {
