@@ -9,7 +9,7 @@ import math
 import struct
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -90,7 +90,7 @@ class Ages:
         step = max(1, CHUNK // 128)  # lines of a chunk: a line is about a hundred bytes
         for start in range(0, len(prefixes), step):
             template = _template(prefixes[start : start + step])
-            soon.append((_POOL.submit(_packed, template), len(template)))
+            soon.append((_soon(_packed, template), len(template)))
         self._chunks = [
             (packed.result(), size, array("d", times[i * step : (i + 1) * step]))
             for i, (packed, size) in enumerate(soon)
@@ -154,7 +154,7 @@ def piece(text: str) -> Piece:
 def piece_soon(text: str) -> Future[Piece]:
     """`piece(text)`, made by the pool while the caller formats what follows (zlib lets go
     of the GIL): a render's compressing runs on a second core beside its formatting."""
-    return _POOL.submit(piece, text)
+    return _soon(piece, text)
 
 
 @functools.cache
@@ -224,6 +224,19 @@ def batched(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
 # Compresses a scrape's text while the next of it is formatted (zlib lets go of the GIL
 # while it works); its threads start with the first gzip scrape.
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deflate")
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+def _soon(work: Callable[[A], R], data: A) -> Future[R]:
+    """`work(data)` by the pool; done at once when the pool no longer takes work (the
+    interpreter is exiting while a poll renders or a scrape is served)."""
+    try:
+        return _POOL.submit(work, data)
+    except RuntimeError:
+        done: Future[R] = Future()
+        done.set_result(work(data))
+        return done
 
 
 class StaticBody:
@@ -249,7 +262,7 @@ class StaticBody:
         crc, size = self._crc, self._size
         blocks = []
         for chunk in batched(tail, CHUNK):
-            blocks.append(_POOL.submit(deflated, chunk))
+            blocks.append(_soon(deflated, chunk))
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
         trailer = struct.pack("<II", crc, size % 2**32)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import gzip
 import random
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from exporter import exposition
 from exporter.exposition import (
     CHUNK,
     Ages,
@@ -16,6 +18,7 @@ from exporter.exposition import (
     batched,
     crc32_combine,
     piece,
+    piece_soon,
 )
 from tests.conftest import inflated
 
@@ -104,3 +107,18 @@ def test_ages_in_many_chunks_read_as_each_line_formatted_alone() -> None:
     assert (
         b"".join(ages.render(later)) == "".join(f"{p}{later - t:.3f}\n" for p, t in lines).encode()
     )
+
+
+def test_compressing_still_works_once_the_pool_takes_no_more_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As while the interpreter exits: a poll rendering or a scrape being served must finish.
+    closed = ThreadPoolExecutor(max_workers=1)
+    closed.shutdown()
+    monkeypatch.setattr(exposition, "_POOL", closed)
+    text = 'a{user="x"} 1\n' * 100
+    assert inflated([piece_soon(text).result()]) == text.encode()
+    ages = Ages(["b "], [NOW - 2.0])
+    assert b"".join(ages.render(NOW)) == b"b 2.000\n"
+    body = StaticBody([piece(text)]).body(iter([b"c 1\n"]), gzip=True)
+    assert zlib.decompress(body, 31) == text.encode() + b"c 1\n"
