@@ -1190,12 +1190,6 @@ def _seats_piece(group: str, rows: Mapping[str, UserStats], people: _People) -> 
     g = escape(group)
     named = people.people
     who = [(f'{{group="{g}",user="{named[p].label}"', u) for p, u in rows.items()]
-    # People with the same activeDays share one mapping (build_report): its lines' ends once.
-    shared = {id(u.active_days): u.active_days for _, u in who}
-    days = {
-        key: [f',window="{escape(label)}"}} {number(d)}\n' for label, d in mapping.items()]
-        for key, mapping in shared.items()
-    }
     last = [
         (f'{w},feature="{feature}"}} ', t)
         for w, u in who
@@ -1203,11 +1197,7 @@ def _seats_piece(group: str, rows: Mapping[str, UserStats], people: _People) -> 
         if t is not None
     ]
     lines = _Lines()
-    n = USER_ACTIVE.name
-    lines.extend(
-        USER_ACTIVE,
-        [f"{n}{w}{end}" for w, u in who for end in days[id(u.active_days)]],
-    )
+    lines.extend(USER_ACTIVE, _active_lines(who))
     n = USER_CREDITS.name
     lines.extend(
         USER_CREDITS,
@@ -1221,10 +1211,30 @@ def _seats_piece(group: str, rows: Mapping[str, UserStats], people: _People) -> 
     )
     n = USER_DISABLED.name
     lines.extend(USER_DISABLED, [f"{n}{w}}} {int(u.disabled)}\n" for w, u in who])
+    return Rendered(static=lines.static(), dynamic=_ages(who, last))
+
+
+def _active_lines(who: Sequence[tuple[str, UserStats]]) -> list[str]:
+    """The activeDays lines of these people (labels before the window's): people with the
+    same activeDays share one mapping (build_report), whose lines' ends are made once."""
+    shared = {id(u.active_days): u.active_days for _, u in who}
+    ends = {
+        key: [f',window="{escape(label)}"}} {number(d)}\n' for label, d in mapping.items()]
+        for key, mapping in shared.items()
+    }
+    n = USER_ACTIVE.name
+    return [f"{n}{w}{end}" for w, u in who for end in ends[id(u.active_days)]]
+
+
+def _ages(
+    who: Sequence[tuple[str, UserStats]], last: Sequence[tuple[str, float]]
+) -> dict[Family, Callable[[float], Iterable[bytes]]]:
+    """The lines of these people computed at scrape time: the ages of their last uses (`last`:
+    each line's labels and time) and how long they have been idle."""
     ages = Ages([f"{USER_AGE.name}{w}" for w, _ in last], [t for _, t in last])
     idle_rows = [(w, t) for w, u in who if (t := u.idle_since) is not None]
     idle = Ages([f"{USER_IDLE.name}{w}}} " for w, _ in idle_rows], [t for _, t in idle_rows])
-    return Rendered(static=lines.static(), dynamic={USER_AGE: ages.render, USER_IDLE: idle.render})
+    return {USER_AGE: ages.render, USER_IDLE: idle.render}
 
 
 def _combine(pieces: Sequence[Rendered]) -> Rendered:
