@@ -94,14 +94,8 @@ def test_the_documented_example_reads_with_numbers_given_as_strings() -> None:
     reply = decode(EXAMPLE, request())
     oct10, oct11 = int(utc(2024, 10, 10) // 86400), int(utc(2024, 10, 11) // 86400)
     assert reply.lines == ((oct10, 412, 230), (oct11, 17, 0))
-    (only,) = reply.runs
-    assert (only.day, only.model, only.mode, only.messages, only.prompts) == (
-        oct11,
-        "claude-sonnet-4.5",
-        "default",
-        6,
-        250,
-    )
+    assert reply.usage == {(oct11, "claude-sonnet-4.5", "default"): [6, 250, 6, 1]}
+    assert reply.conversations == {oct11: {"3f0c"}}
     assert reply.tools == (("CODE_ACTION", 51),)
     assert reply.rows == 4
     assert reply.skipped == 0
@@ -109,14 +103,9 @@ def test_the_documented_example_reads_with_numbers_given_as_strings() -> None:
 
 def test_fields_left_out_are_zero_and_json_numbers_read_like_strings() -> None:
     reply = decode(runs({"day": "2024-10-11T00:00:00Z", "messagesSent": 3}), request())
-    (only,) = reply.runs
-    assert (only.model, only.mode, only.messages, only.prompts, only.cascade_id) == (
-        "",
-        "unknown",
-        3,
-        0,
-        "",
-    )
+    oct11 = int(utc(2024, 10, 11) // 86400)
+    assert reply.usage == {(oct11, "", "unknown"): [3, 0, 3, 1]}
+    assert reply.conversations == {}  # no cascadeId: no conversation to count
 
 
 def test_unknown_fields_anywhere_are_harmless() -> None:
@@ -170,7 +159,7 @@ def test_rows_without_a_usable_day_or_count_are_counted_not_summed() -> None:
         ),
         request(),
     )
-    assert [r.messages for r in reply.runs] == [0]
+    assert [total[0] for total in reply.usage.values()] == [0]
     assert reply.skipped == 4
     assert reply.unparsable == {"day": 2, "messagesSent": 1}
     found = CASCADE.report(CONFIG, "", [(request(), reply)])
