@@ -219,10 +219,10 @@ class _Reader:
         if known is not None:
             return known
         number, bad = count_field(value, _MAX_COUNT)
-        if bad:
-            self.unparsable[key] += 1
-        if not number:
+        if number is None:
+            self.unparsable[key] += bad
             return 0.0
+        number = number or 0.0  # -0 as 0
         if type(value) is str and len(self._counts) < MEMO:
             self._counts[value] = number
         return number
@@ -268,7 +268,8 @@ class _Reader:
     def runs(self, rows: list[Row]) -> None:
         """Run rows summed into `usage` and their conversations into `conversations`, in one
         pass that keeps nothing per row."""
-        usage, conversations = self.usage, self.conversations
+        usage, conversations, counts = self.usage, self.conversations, self._counts
+        keys: dict[tuple[str, str, str], tuple[int, str, str]] = {}
         for row in rows:
             if type(row) is RunRow:
                 day_text, model, mode, messages, prompts, cascade_id = row
@@ -277,17 +278,26 @@ class _Reader:
                 day_text, model, mode = get("day"), get("model"), get("mode")
                 messages, prompts = get("messagesSent"), get("promptsUsed")
                 cascade_id = get("cascadeId")
-            day = self.day(day_text)
-            if day is None:
-                continue
+            try:
+                key = keys.get((day_text, model, mode))
+            except TypeError:  # a list or an object for a value: read (and counted) below
+                key = None
+            if key is None:
+                key = self._usage_key(day_text, model, mode, keys)
+                if key is None:
+                    continue
+            day = key[0]
             if type(cascade_id) is str:
                 if cascade_id:  # only counted, never shown
                     conversations.setdefault(day, set()).add(cascade_id)
             elif cascade_id is not None:
                 self.unparsable["cascadeId"] += 1
-            sent = self.count(messages, "messagesSent")
-            used = self.count(prompts, "promptsUsed")
-            key = (day, self.text(model, "model"), self.mode(mode))
+            sent = counts.get(messages) if type(messages) is str else None
+            if sent is None:
+                sent = self.count(messages, "messagesSent")
+            used = counts.get(prompts) if type(prompts) is str else None
+            if used is None:
+                used = self.count(prompts, "promptsUsed")
             total = usage.get(key)
             if total is None:
                 usage[key] = [sent, used, int(sent), 1]
@@ -296,6 +306,31 @@ class _Reader:
                 total[1] += used
                 total[2] += int(sent)
                 total[3] += 1
+
+    def _usage_key(
+        self,
+        day_text: Any,
+        model: Any,
+        mode: Any,
+        keys: dict[tuple[str, str, str], tuple[int, str, str]],
+    ) -> tuple[int, str, str] | None:
+        """A run's (day, model, mode) as it is summed; None when its day is unusable. Kept in
+        `keys` by the row's strings when reading them counted nothing."""
+        day = self.day(day_text)
+        if day is None:
+            return None
+        key = (day, self.text(model, "model"), self.mode(mode))
+        if (
+            type(day_text) is str
+            and day_text in self._days
+            and type(mode) is str
+            and mode in self._modes
+            and type(model) is str
+            and model in self._words
+            and len(keys) < MEMO
+        ):
+            keys[day_text, model, mode] = key
+        return key
 
 
 def decode(document: Any, request: Request | None = None) -> Reply:
