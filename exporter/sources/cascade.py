@@ -33,6 +33,7 @@ from exporter.sources.user_page import bounded, label_value
 from exporter.sources.values import (
     MEMO,
     count_field,
+    fresh,
     json_list,
     json_object,
     kept_once,
@@ -56,8 +57,8 @@ _CLOCK_SKEW = 3600.0
 _CACHED = " Cached from the last successful poll."
 
 
-# A (day, model, mode)'s runs summed: [messages, prompts (hundredths of a credit), messages
-# each run's counted whole (as the ranking of models counts them), runs].
+# The runs of one (day, model, mode) summed: [messages, prompts (hundredths of a credit), the
+# whole messages (what models are ranked by), runs].
 Usage = list[float]
 
 
@@ -219,8 +220,8 @@ class _Reader:
         if known is not None:
             return known
         number, bad = count_field(value, _MAX_COUNT)
-        if number is None:
-            self.unparsable[key] += bad
+        if bad or number is None:
+            self.unparsable[key] += 1
             return 0.0
         number = number or 0.0  # -0 as 0
         if type(value) is str and len(self._counts) < MEMO:
@@ -381,7 +382,8 @@ def summarize(
         modes[mode] += int(runs)
     models, folded = _renamed(by_messages, most)
     mode_names, folded_modes = _renamed(modes, most)
-    tools, folded_tools = bounded(Counter(dict(reply.tools)), most)
+    kept_tools, folded_tools = bounded(Counter(dict(reply.tools)), most)
+    tools = tuple((fresh(tool), calls) for tool, calls in kept_tools)
     lines = []
     usage: list[tuple[str, str, str, float, float]] = []
     conversations = []
@@ -411,10 +413,11 @@ def summarize(
 
 
 def _renamed(counts: Counter[str], most: int) -> tuple[dict[str, str], int]:
-    """Each value -> its label: itself among the `most` commonest, else `other`."""
+    """Each value -> its label: itself (a copy of its own, see `fresh`) among the `most`
+    commonest, else `other`."""
     kept, folded = bounded(counts, most)
     names = {name for name, _ in kept}
-    return {value: value if value in names else "other" for value in counts}, folded
+    return {value: fresh(value) if value in names else "other" for value in counts}, folded
 
 
 def _f(name: str, help_: str) -> Family:
