@@ -94,14 +94,8 @@ def test_the_documented_example_reads_with_numbers_given_as_strings() -> None:
     reply = decode(EXAMPLE, request())
     oct10, oct11 = int(utc(2024, 10, 10) // 86400), int(utc(2024, 10, 11) // 86400)
     assert reply.lines == ((oct10, 412, 230), (oct11, 17, 0))
-    (only,) = reply.runs
-    assert (only.day, only.model, only.mode, only.messages, only.prompts) == (
-        oct11,
-        "claude-sonnet-4.5",
-        "default",
-        6,
-        250,
-    )
+    assert reply.usage == {(oct11, "claude-sonnet-4.5", "default"): [6, 250, 6, 1]}
+    assert reply.conversations == {oct11: {"3f0c"}}
     assert reply.tools == (("CODE_ACTION", 51),)
     assert reply.rows == 4
     assert reply.skipped == 0
@@ -109,14 +103,9 @@ def test_the_documented_example_reads_with_numbers_given_as_strings() -> None:
 
 def test_fields_left_out_are_zero_and_json_numbers_read_like_strings() -> None:
     reply = decode(runs({"day": "2024-10-11T00:00:00Z", "messagesSent": 3}), request())
-    (only,) = reply.runs
-    assert (only.model, only.mode, only.messages, only.prompts, only.cascade_id) == (
-        "",
-        "unknown",
-        3,
-        0,
-        "",
-    )
+    oct11 = int(utc(2024, 10, 11) // 86400)
+    assert reply.usage == {(oct11, "", "unknown"): [3, 0, 3, 1]}
+    assert reply.conversations == {}  # no cascadeId: no conversation to count
 
 
 def test_unknown_fields_anywhere_are_harmless() -> None:
@@ -170,12 +159,62 @@ def test_rows_without_a_usable_day_or_count_are_counted_not_summed() -> None:
         ),
         request(),
     )
-    assert [r.messages for r in reply.runs] == [0]
+    assert [total[0] for total in reply.usage.values()] == [0]
     assert reply.skipped == 4
     assert reply.unparsable == {"day": 2, "messagesSent": 1}
     found = CASCADE.report(CONFIG, "", [(request(), reply)])
     text = samples(render_live({(CASCADE.name, ""): found}))
     assert text[series("windsurf_exporter_cascade_unparsable_values", group="", field="day")] == 2
+
+
+def test_a_value_repeated_across_rows_is_counted_in_every_row_it_spoils() -> None:
+    """Days, models, modes and counts are read once per distinct string: what one cuts or
+    cannot use is still counted once per row, read as plain dicts or as the client reads."""
+    long_model, day, future = "m" * 300, "2024-10-11T00:00:00Z", "2099-01-01T00:00:00Z"
+    document = runs(
+        *[run(day, long_model, "X", cascade_id=f"c{i}", messagesSent="2") for i in range(3)],
+        *[run(day, "m", "X", messagesSent=bad) for bad in ("lots", "lots", True, [1])],
+        run(day, ["not", "text"], {"mode": 1}, messagesSent=1, promptsUsed="-0"),  # type: ignore[arg-type]
+        run(day, "m", "X", cascade_id=7, messagesSent="1"),  # type: ignore[arg-type]
+        run(future),
+        run(future),
+        run(""),
+    )
+    asked = request()
+    assert asked.json_hook is not None
+    for read in (decode(document, asked), decode(compact(document, asked), asked)):
+        assert read.rows == 12
+        assert read.skipped == 3
+        assert read.unparsable == {
+            "messagesSent": 4,
+            "model": 1,
+            "mode": 1,
+            "cascadeId": 1,
+            "day": 2,
+        }
+        assert read.limited == {"max_rows": 0, "max_label_length": 3}
+        oct11 = int(utc(2024, 10, 11) // 86400)
+        cut = next(model for _, model, _ in read.usage if model.startswith("mmm"))
+        assert read.usage == {
+            (oct11, cut, "x"): [6, 0, 6, 3],
+            (oct11, "m", "x"): [1, 0, 1, 5],
+            (oct11, "", "unknown"): [1, 0, 1, 1],
+        }
+        assert read.conversations == {oct11: {"c0", "c1", "c2", "c"}}
+
+
+def test_prompt_credits_are_the_hundredths_summed_then_divided_once() -> None:
+    """Summed per run as credits, 0.1 + 0.1 + 0.1 would show as 0.30000000000000004."""
+    found = report(runs(*[run("2024-10-11T00:00:00Z", promptsUsed="10") for _ in range(3)]))
+    assert [credits for *_, credits in found.usage] == [0.3, 0.3]
+    text = render_live({(CASCADE.name, "eng"): found})
+    assert 'prompt_credits_used{group="eng",window="7d",model="m",mode="unknown"} 0.3\n' in text
+
+
+def compact(document: Any, asked: Request) -> Any:
+    """A document as the API client reads it: its JSON text through the request's hook."""
+    assert asked.json_hook is not None
+    return json.loads(json.dumps(document), object_hook=asked.json_hook())
 
 
 _RUN = '{"day": "2024-10-11T00:00:00Z", "model": "m", "mode": "X", "messagesSent": "2"'

@@ -33,6 +33,7 @@ from exporter.sources.user_page import bounded, label_value
 from exporter.sources.values import (
     MEMO,
     count_field,
+    fresh,
     json_list,
     json_object,
     kept_once,
@@ -56,16 +57,9 @@ _CLOCK_SKEW = 3600.0
 _CACHED = " Cached from the last successful poll."
 
 
-class Run(NamedTuple):
-    """One cascadeRuns row: a conversation's use of one model in one mode on one UTC day. A
-    named tuple: a reply holds up to limits.max_rows of them, made faster than a dataclass."""
-
-    day: int  # days since the epoch
-    model: str
-    mode: str
-    messages: float
-    prompts: float  # hundredths of a prompt credit
-    cascade_id: str
+# The runs of one (day, model, mode) summed: [messages, prompts (hundredths of a credit), the
+# whole messages (what models are ranked by), runs].
+Usage = list[float]
 
 
 # A cascadeRuns row's fields, in RunRow's order.
@@ -102,38 +96,29 @@ def compact_rows() -> Callable[[dict[str, Any]], Any]:
     """The object_hook a CascadeAnalytics reply is read with: an object holding run fields only
     becomes a RunRow, its values repeated across rows (day, model, mode, counts) one string
     each; any other object stays a dict. So the reply's rows never all exist as dicts."""
-    once = _once()
-    number = _once()  # counts apart: their many values leave room for the labels' few
+    texts: dict[str, str] = {}
+    numbers: dict[str, str] = {}  # counts apart: their many values leave room for the labels'
 
     def hook(found: dict[str, Any]) -> Any:
         if not found or not found.keys() <= _RUN_KEYS:
             return found
         get = found.get
-        return _tuple(
-            RunRow,
-            (
-                once(get("day")),
-                once(get("model")),
-                once(get("mode")),
-                number(get("messagesSent")),
-                number(get("promptsUsed")),
-                get("cascadeId"),
-            ),
-        )
+        day, model, mode = get("day"), get("model"), get("mode")
+        messages, prompts = get("messagesSent"), get("promptsUsed")
+        # Inline, not a call per value: a reply has hundreds of thousands of rows.
+        if type(day) is str:
+            day = texts.get(day) or kept_once(texts, day)
+        if type(model) is str:
+            model = texts.get(model) or kept_once(texts, model)
+        if type(mode) is str:
+            mode = texts.get(mode) or kept_once(texts, mode)
+        if type(messages) is str:
+            messages = numbers.get(messages) or kept_once(numbers, messages)
+        if type(prompts) is str:
+            prompts = numbers.get(prompts) or kept_once(numbers, prompts)
+        return _tuple(RunRow, (day, model, mode, messages, prompts, get("cascadeId")))
 
     return hook
-
-
-def _once() -> Callable[[Any], Any]:
-    """Strings -> the first equal one seen (of at most MEMO kept); anything else as it is."""
-    seen: dict[str, str] = {}
-
-    def once(value: Any) -> Any:
-        if type(value) is not str:
-            return value
-        return kept_once(seen, value)
-
-    return once
 
 
 _tuple = tuple.__new__  # makes a RunRow without NamedTuple's keyword-argument __new__
@@ -141,11 +126,14 @@ _tuple = tuple.__new__  # makes a RunRow without NamedTuple's keyword-argument _
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One decoded CascadeAnalytics reply: lines per day as (day, suggested, accepted), runs,
-    tool uses over the whole range, and what reading it left out."""
+    """One decoded CascadeAnalytics reply: lines per day as (day, suggested, accepted), runs
+    summed per (day, model, mode) and their distinct conversations per day (so the windows
+    are summed over a few sums, not over every run), tool uses over the whole range, and what
+    reading it left out."""
 
     lines: tuple[tuple[int, float, float], ...] = ()
-    runs: tuple[Run, ...] = ()
+    usage: Mapping[tuple[int, str, str], Usage] = field(default_factory=dict)
+    conversations: Mapping[int, set[str]] = field(default_factory=dict)  # non-empty cascadeId
     tools: tuple[tuple[str, int], ...] = ()
     rows: int = 0
     skipped: int = 0  # rows without a usable day, or not an object
@@ -206,11 +194,14 @@ class _Reader:
         self.rows = 0
         self.skipped = 0
         self.dropped = 0
-        # The few distinct days, models and modes of a reply's many rows, each read once.
-        self._days: dict[str, tuple[int | None, bool]] = {}
-        self._numbers: dict[float, float] = {}
+        # The few distinct days, models, modes and counts of a reply's many rows, each read
+        # once: a string -> what it reads as, kept when reading it again would count nothing.
+        self._days: dict[str, int | None] = {}
+        self._counts: dict[str, float] = {}
         self._words: dict[str, str] = {}
         self._modes: dict[str, str] = {}
+        self.usage: dict[tuple[int, str, str], Usage] = {}
+        self.conversations: dict[int, set[str]] = {}
 
     def rows_of(self, entry: Any, key: str) -> list[Row]:
         """`{key: {key: [rows]}}` -> its object rows, at most limits.max_rows of all."""
@@ -224,16 +215,20 @@ class _Reader:
         self.skipped += len(kept) - len(objects)
         return objects
 
-    def count(self, row: Row, key: str) -> float:
-        value, bad = count_field(row.get(key), _MAX_COUNT)
-        if bad:
+    def count(self, value: Any, key: str) -> float:
+        known = self._counts.get(value) if type(value) is str else None
+        if known is not None:
+            return known
+        number, bad = count_field(value, _MAX_COUNT)
+        if bad or number is None:
             self.unparsable[key] += 1
-        if not value:
             return 0.0
-        return kept_once(self._numbers, value)  # counts repeat: one float each
+        number = number or 0.0  # -0 as 0
+        if type(value) is str and len(self._counts) < MEMO:
+            self._counts[value] = number
+        return number
 
-    def text(self, row: Row, key: str) -> str:
-        value = row.get(key)
+    def text(self, value: Any, key: str) -> str:
         known = self._words.get(value) if type(value) is str else None
         if known is not None:
             return known
@@ -246,28 +241,97 @@ class _Reader:
             self._words[label] = label
         return label
 
-    def mode(self, row: Row) -> str:
-        text = self.text(row, "mode")
-        label = self._modes.get(text)
-        if label is None:
-            label = mode_label(text)
-            if len(self._modes) < MEMO:
-                self._modes[text] = label
+    def mode(self, value: Any) -> str:
+        known = self._modes.get(value) if type(value) is str else None
+        if known is not None:
+            return known
+        text = self.text(value, "mode")
+        label = mode_label(text)
+        if text == value and len(self._modes) < MEMO:  # kept as it is: nothing to count
+            self._modes[text] = label
         return label
 
-    def day(self, row: Row) -> int | None:
-        value = row.get("day")
-        known = self._days.get(value) if type(value) is str else None
-        if known is None:
+    def day(self, value: Any) -> int | None:
+        """Days since the epoch; None (the row skipped) when left out, malformed or after
+        the request."""
+        if type(value) is str and value in self._days:
+            day, bad = self._days[value], False
+        else:
             seconds, bad = time_field(value, self.latest)
-            known = (None if seconds is None else int(seconds // _DAY), bad)
-            if type(value) is str and len(self._days) < MEMO:
-                self._days[value] = known
-        day, bad = known
-        if day is None:  # a day left out, malformed, or after the request
+            day = None if seconds is None else int(seconds // _DAY)
+            if type(value) is str and not bad and len(self._days) < MEMO:
+                self._days[value] = day
+        if day is None:
             self.unparsable["day"] += bad
             self.skipped += 1
         return day
+
+    def runs(self, rows: list[Row]) -> None:
+        """Run rows summed into `usage` and their conversations into `conversations`, in one
+        pass that keeps nothing per row."""
+        usage, conversations, counts = self.usage, self.conversations, self._counts
+        keys: dict[tuple[str, str, str], tuple[int, str, str]] = {}
+        for row in rows:
+            if type(row) is RunRow:
+                day_text, model, mode, messages, prompts, cascade_id = row
+            else:
+                get = row.get
+                day_text, model, mode = get("day"), get("model"), get("mode")
+                messages, prompts = get("messagesSent"), get("promptsUsed")
+                cascade_id = get("cascadeId")
+            try:
+                key = keys.get((day_text, model, mode))
+            except TypeError:  # a list or an object for a value: read (and counted) below
+                key = None
+            if key is None:
+                key = self._usage_key(day_text, model, mode, keys)
+                if key is None:
+                    continue
+            day = key[0]
+            if type(cascade_id) is str:
+                if cascade_id:  # only counted, never shown
+                    conversations.setdefault(day, set()).add(cascade_id)
+            elif cascade_id is not None:
+                self.unparsable["cascadeId"] += 1
+            sent = counts.get(messages) if type(messages) is str else None
+            if sent is None:
+                sent = self.count(messages, "messagesSent")
+            used = counts.get(prompts) if type(prompts) is str else None
+            if used is None:
+                used = self.count(prompts, "promptsUsed")
+            total = usage.get(key)
+            if total is None:
+                usage[key] = [sent, used, int(sent), 1]
+            else:
+                total[0] += sent
+                total[1] += used
+                total[2] += int(sent)
+                total[3] += 1
+
+    def _usage_key(
+        self,
+        day_text: Any,
+        model: Any,
+        mode: Any,
+        keys: dict[tuple[str, str, str], tuple[int, str, str]],
+    ) -> tuple[int, str, str] | None:
+        """A run's (day, model, mode) as it is summed; None when its day is unusable. Kept in
+        `keys` by the row's strings when reading them counted nothing."""
+        day = self.day(day_text)
+        if day is None:
+            return None
+        key = (day, self.text(model, "model"), self.mode(mode))
+        if (
+            type(day_text) is str
+            and day_text in self._days
+            and type(mode) is str
+            and mode in self._modes
+            and type(model) is str
+            and model in self._words
+            and len(keys) < MEMO
+        ):
+            keys[day_text, model, mode] = key
+        return key
 
 
 def decode(document: Any, request: Request | None = None) -> Reply:
@@ -279,45 +343,29 @@ def decode(document: Any, request: Request | None = None) -> Reply:
     )
     reader = _Reader(request or Request(METHOD, {}, ""))
     lines: list[tuple[int, float, float]] = []
-    runs: list[Run] = []
     tools: Counter[str] = Counter()
     for entry in results:
         if not isinstance(entry, dict):
             continue
         for row in reader.rows_of(entry, "cascadeLines"):
-            day = reader.day(row)
+            day = reader.day(row.get("day"))
             if day is not None:
-                suggested = reader.count(row, "linesSuggested")
-                lines.append((day, suggested, reader.count(row, "linesAccepted")))
-        for row in reader.rows_of(entry, "cascadeRuns"):
-            day = reader.day(row)
-            if day is not None:
-                runs.append(_run(reader, row, day))
+                suggested = reader.count(row.get("linesSuggested"), "linesSuggested")
+                accepted = reader.count(row.get("linesAccepted"), "linesAccepted")
+                lines.append((day, suggested, accepted))
+        reader.runs(reader.rows_of(entry, "cascadeRuns"))
         for row in reader.rows_of(entry, "cascadeToolUsage"):
-            tools[reader.text(row, "tool")] += int(reader.count(row, "count"))
+            tool = reader.text(row.get("tool"), "tool")
+            tools[tool] += int(reader.count(row.get("count"), "count"))
     return Reply(
         lines=tuple(lines),
-        runs=tuple(runs),
+        usage=reader.usage,
+        conversations=reader.conversations,
         tools=tuple(tools.items()),
         rows=reader.rows,
         skipped=reader.skipped,
         unparsable=dict(reader.unparsable),
         limited={"max_rows": reader.dropped, "max_label_length": reader.cut},
-    )
-
-
-def _run(reader: _Reader, row: Row, day: int) -> Run:
-    # The id is only counted, never shown: no need to keep it whole.
-    cascade_id, bad = text_field(row.get("cascadeId"))
-    if bad:
-        reader.unparsable["cascadeId"] += 1
-    return Run(
-        day=day,
-        model=reader.text(row, "model"),
-        mode=reader.mode(row),
-        messages=reader.count(row, "messagesSent"),
-        prompts=reader.count(row, "promptsUsed"),
-        cascade_id=cascade_id,
     )
 
 
@@ -329,12 +377,13 @@ def summarize(
     most = limits.max_label_values
     by_messages: Counter[str] = Counter()
     modes: Counter[str] = Counter()
-    for run in reply.runs:
-        by_messages[run.model] += int(run.messages)
-        modes[run.mode] += 1
+    for (_, model, mode), (_, _, whole, runs) in reply.usage.items():
+        by_messages[model] += int(whole)
+        modes[mode] += int(runs)
     models, folded = _renamed(by_messages, most)
     mode_names, folded_modes = _renamed(modes, most)
-    tools, folded_tools = bounded(Counter(dict(reply.tools)), most)
+    kept_tools, folded_tools = bounded(Counter(dict(reply.tools)), most)
+    tools = tuple((fresh(tool), calls) for tool, calls in kept_tools)
     lines = []
     usage: list[tuple[str, str, str, float, float]] = []
     conversations = []
@@ -342,14 +391,15 @@ def summarize(
         first = today - days + 1
         sums = [(s, a) for d, s, a in reply.lines if first <= d <= today]
         lines.append((label, sum(s for s, _ in sums), sum(a for _, a in sums)))
-        runs = [r for r in reply.runs if first <= r.day <= today]
         per: dict[tuple[str, str], list[float]] = {}
-        for run in runs:
-            total = per.setdefault((models[run.model], mode_names[run.mode]), [0.0, 0.0])
-            total[0] += run.messages
-            total[1] += run.prompts / 100
-        usage.extend((label, m, o, n, c) for (m, o), (n, c) in sorted(per.items()))
-        conversations.append((label, len({r.cascade_id for r in runs if r.cascade_id})))
+        for (day, model, mode), (messages, prompts, _, _) in reply.usage.items():
+            if first <= day <= today:
+                total = per.setdefault((models[model], mode_names[mode]), [0.0, 0.0])
+                total[0] += messages
+                total[1] += prompts
+        usage.extend((label, m, o, n, c / 100) for (m, o), (n, c) in sorted(per.items()))
+        ids = [i for d, i in reply.conversations.items() if first <= d <= today]
+        conversations.append((label, len(set[str]().union(*ids))))
     return CascadeReport(
         lines=tuple(lines),
         usage=tuple(usage),
@@ -363,10 +413,11 @@ def summarize(
 
 
 def _renamed(counts: Counter[str], most: int) -> tuple[dict[str, str], int]:
-    """Each value -> its label: itself among the `most` commonest, else `other`."""
+    """Each value -> its label: itself (a copy of its own, see `fresh`) among the `most`
+    commonest, else `other`."""
     kept, folded = bounded(counts, most)
     names = {name for name, _ in kept}
-    return {value: value if value in names else "other" for value in counts}, folded
+    return {value: fresh(value) if value in names else "other" for value in counts}, folded
 
 
 def _f(name: str, help_: str) -> Family:
