@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import html
 import json
 import platform
@@ -403,3 +404,14 @@ def test_copied_example_passes_config_check_with_only_the_key_in_the_environment
         0,
         "OK: config.yaml is valid (2 group(s), 1 window(s))\n",
     )
+
+
+def test_the_garbage_collector_walks_the_heap_less_often_once_started() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # Python's defaults
+        cli._tune_gc()
+        assert gc.get_threshold() == cli.GC_THRESHOLDS
+        assert cli.GC_THRESHOLDS[0] > 700
+    finally:
+        gc.set_threshold(*before)
