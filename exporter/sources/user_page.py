@@ -759,7 +759,7 @@ def render_groups(
     whole team.
     """
     people = parts.get(("people",), (config,), (), functools.partial(_People, config))
-    pieces = []
+    pieces: list[Rendered | Future[Piece]] = []
     with people.lock:  # renderings may run at once (a poll's and a scrape's); they take turns
         people.sync(groups, team)
         v = people.version
@@ -770,13 +770,16 @@ def render_groups(
             pieces.append(parts.get(seats, (config,), (*rows, v(seats)), make))
             for block in range(people.blocks(group)):
                 info = ("info", group, block)
-                make = functools.partial(_info_piece, group, block, people)
-                pieces.append(parts.get(info, (config,), (*rows, v(info)), make))
+                block_of = functools.partial(_info_piece, group, block, people)
+                pieces.append(parts.get(info, (config,), (*rows, v(info)), block_of))
         if config.per_user and team is not None and people.complete(config):
             rest = ("no group",)
             make = functools.partial(_rest_piece, people)
             pieces.append(parts.get(rest, (config,), (v(("team",)), v(rest)), make))
-    return _combine(pieces)
+    # The info blocks were compressed by the pool meanwhile: waited for once, here.
+    return _combine(
+        [Rendered({USER_INFO: p.result()}) if isinstance(p, Future) else p for p in pieces]
+    )
 
 
 _VERSIONS = itertools.count()  # unique across _People objects: a version names one state
@@ -1172,9 +1175,10 @@ def _rest_piece(people: _People) -> Rendered:
     return _combine([seats, _info_lines("", rest, people)])
 
 
-def _info_piece(group: str, block: int, people: _People) -> Rendered:
-    """The info series of a block of the group's people, once each, in the order of its rows."""
-    return _info_lines(group, people.in_block(group, block), people)
+def _info_piece(group: str, block: int, people: _People) -> Future[Piece]:
+    """The info series of a block of the group's people, once each, in the order of its rows,
+    compressed by the pool while the render goes on."""
+    return piece_soon("".join(people.info_lines(group, people.in_block(group, block))))
 
 
 def _info_lines(group: str, emails: Iterable[str], people: _People) -> Rendered:
