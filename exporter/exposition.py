@@ -221,8 +221,8 @@ def batched(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield b"".join(held)
 
 
-# Compresses a scrape's text while the next of it is formatted (zlib lets go of the GIL
-# while it works); its threads start with the first gzip scrape.
+# Compresses what a render or a scrape makes while the next of it is formatted (zlib lets go
+# of the GIL while it works); its threads start with the first render.
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deflate")
 A = TypeVar("A")
 R = TypeVar("R")
