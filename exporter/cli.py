@@ -56,16 +56,26 @@ def _glibc(function: str) -> Any:
 
 _MALLOC_TRIM = _glibc("malloc_trim")
 _MALLOPT = _glibc("mallopt")
-_M_ARENA_MAX = -8  # mallopt's parameter number (glibc malloc.h)
+# mallopt's parameters (glibc malloc.h), each with the value it gets unless the environment
+# variable glibc reads for it is set: two malloc arenas, not glibc's eight per core, since each
+# thread that polls, renders, compresses or answers a scrape would keep the memory it freed in
+# an arena of its own (bench/run.py at 20,000 users, team poll and Cascade on: 156 -> 100 MB
+# resident after the first poll); and blocks of 1 MiB or more mapped apart, so they go back to
+# the system when freed: glibc otherwise raises that threshold to the largest block freed (up
+# to 32 MiB), after which a reply's JSON text and lists come from the heap, where a few blocks
+# that live on keep their pages resident (the same run: 84 -> 70 MB).
+_MALLOC_SETTINGS = (("MALLOC_ARENA_MAX", -8, 2), ("MALLOC_MMAP_THRESHOLD_", -3, 1 << 20))
 
 
-def _limit_malloc_arenas() -> None:
-    """Two malloc arenas, not glibc's eight per core: each thread that polls, renders,
-    compresses or answers a scrape would keep the memory it freed in an arena of its own
-    (bench/run.py at 20,000 users, team poll and Cascade on: 156 -> 100 MB resident after the
-    first poll). MALLOC_ARENA_MAX in the environment, read by glibc itself, wins."""
-    if _MALLOPT is not None and "MALLOC_ARENA_MAX" not in os.environ:
-        _MALLOPT(_M_ARENA_MAX, 2)
+def _tune_malloc() -> None:
+    """glibc's malloc set for a process whose threads come and go and whose polls allocate
+    and free a reply's worth at a time (see _MALLOC_SETTINGS); a setting in the environment
+    wins."""
+    if _MALLOPT is None:
+        return
+    for variable, parameter, value in _MALLOC_SETTINGS:
+        if variable not in os.environ:
+            _MALLOPT(parameter, value)
 
 
 # Python's defaults (700, 10, 10) walk every object the exporter holds again and again while
@@ -365,7 +375,7 @@ class Exporter:
         return load_config(path or DEFAULT_CONFIG, self.environ)
 
     def start(self) -> None:
-        _limit_malloc_arenas()  # before the threads that would each take an arena
+        _tune_malloc()  # before the threads that would each take an arena
         _tune_gc()
         host, port = parse_listen_address(self.args.listen_address)
         self.server = Server((host, port), self.app)

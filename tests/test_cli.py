@@ -187,19 +187,25 @@ def test_the_memory_of_each_sent_body_is_given_back_and_a_head_renders_none(
 
 
 @pytest.mark.parametrize(
-    ("environment", "calls"), [({}, [(-8, 2)]), ({"MALLOC_ARENA_MAX": "4"}, [])]
+    ("environment", "calls"),
+    [
+        ({}, [(-8, 2), (-3, 1 << 20)]),
+        ({"MALLOC_ARENA_MAX": "4"}, [(-3, 1 << 20)]),
+        ({"MALLOC_MMAP_THRESHOLD_": "131072"}, [(-8, 2)]),
+    ],
 )
-def test_malloc_arenas_are_two_unless_the_environment_sets_them(
+def test_malloc_has_two_arenas_and_maps_large_blocks_apart_unless_the_environment_says(
     monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], calls: list[tuple[int, int]]
 ) -> None:
     if platform.libc_ver()[0] == "glibc":
         assert cli._MALLOPT is not None  # the real function is found where it exists
     seen: list[tuple[int, int]] = []
     monkeypatch.setattr(cli, "_MALLOPT", lambda *args: seen.append(args))
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    for name in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    cli._limit_malloc_arenas()
+    cli._tune_malloc()
     assert seen == calls
 
 
