@@ -331,7 +331,11 @@ class _Reader:
             if key == "email":
                 value = value.strip()
             if len(value) <= self._most:  # what label_value would make of it, only faster
-                return fresh(value) if value.isascii() else _utf8(value)
+                if not value.isascii():
+                    return _utf8(value)
+                # A copy (see fresh) only of what a report keeps: a later window's emails
+                # are only matched against the first's.
+                return fresh(value) if self.full else value
         text, bad = text_field(value)
         if bad:
             self.unparsable[key] += 1
