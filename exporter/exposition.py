@@ -7,12 +7,13 @@ from __future__ import annotations
 import functools
 import math
 import struct
-import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
+
+from isal import isal_zlib
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -101,7 +102,7 @@ class Ages:
         """The lines at `now`, a chunk at a time."""
         clamp = self._latest >= now  # else no time is ahead of the clock
         for packed, size, times in self._chunks:
-            template = zlib.decompress(packed, -15, size)
+            template = isal_zlib.decompress(packed, -15, size)
             if clamp:
                 yield template % tuple([now - t if t < now else 0.0 for t in times])
             else:
@@ -116,22 +117,23 @@ def _template(prefixes: Sequence[str]) -> bytes:
 
 
 def _packed(template: bytes) -> bytes:
-    return zlib.compress(template, 1, -15)
+    return isal_zlib.compress(template, 1, -15)
 
 
 # A gzip member's header (RFC 1952): deflate, no name, no time, unknown OS.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 # The last block of a deflate stream: final, fixed Huffman codes, empty.
 _FINAL_BLOCK = b"\x03\x00"
-# Text compressed at scrape time goes to zlib in pieces of at least this many bytes.
+# Text compressed at scrape time goes to ISA-L in pieces of at least this many bytes.
 CHUNK = 1 << 18
 
 
 def deflated(piece: bytes) -> bytes:
     """`piece` as raw deflate blocks ending on a byte boundary, not final: such blocks of
-    separately compressed pieces, concatenated, are one valid deflate stream."""
-    compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
-    return compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    separately compressed pieces, concatenated, are one valid deflate stream. ISA-L's level 1,
+    not zlib's: 4x as fast on exposition text, a little smaller, any inflater reads it."""
+    compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
+    return compressor.compress(piece) + compressor.flush(isal_zlib.Z_SYNC_FLUSH)
 
 
 class Piece(bytes):
@@ -146,13 +148,13 @@ def piece(text: str) -> Piece:
     """A source's lines that only a new poll changes, compressed once when rendered."""
     raw = utf8(text)
     out = Piece(deflated(raw) if raw else b"")
-    out.crc = zlib.crc32(raw)
+    out.crc = isal_zlib.crc32(raw)
     out.size = len(raw)
     return out
 
 
 def piece_soon(text: str) -> Future[Piece]:
-    """`piece(text)`, made by the pool while the caller formats what follows (zlib lets go
+    """`piece(text)`, made by the pool while the caller formats what follows (ISA-L lets go
     of the GIL): a render's compressing runs on a second core beside its formatting."""
     return _soon(piece, text)
 
@@ -191,10 +193,11 @@ def _shifted(power: int, register: int) -> int:
 def _zeros(power: int) -> tuple[array[int], ...]:
     """The update by 2**power zero bytes as a table per byte of the register: linear, so the
     update of a byte's value is the XOR of the updates of its bits (its matrix's columns).
-    zlib.crc32 gives the update of one zero byte (without its pre- and post-inversion);
+    isal_zlib.crc32 gives the update of one zero byte (without its pre- and post-inversion);
     each next power is the one before applied twice."""
     if power == 0:
-        columns = [zlib.crc32(b"\0", (1 << bit) ^ 0xFFFFFFFF) ^ 0xFFFFFFFF for bit in range(32)]
+        one = [isal_zlib.crc32(b"\0", (1 << bit) ^ 0xFFFFFFFF) for bit in range(32)]
+        columns = [c ^ 0xFFFFFFFF for c in one]
     else:
         columns = [_shifted(power - 1, _shifted(power - 1, 1 << bit)) for bit in range(32)]
     tables = []
@@ -221,7 +224,7 @@ def batched(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield b"".join(held)
 
 
-# Compresses what a render or a scrape makes while the next of it is formatted (zlib lets go
+# Compresses what a render or a scrape makes while the next of it is formatted (ISA-L lets go
 # of the GIL while it works); its threads start with the first render.
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deflate")
 A = TypeVar("A")
@@ -263,10 +266,10 @@ class StaticBody:
         blocks = []
         for chunk in batched(tail, CHUNK):
             blocks.append(_soon(deflated, chunk))
-            crc = zlib.crc32(chunk, crc)
+            crc = isal_zlib.crc32(chunk, crc)
             size += len(chunk)
         trailer = struct.pack("<II", crc, size % 2**32)
         packed = b"".join(
             [_GZIP_HEADER, *self.pieces, *[b.result() for b in blocks], _FINAL_BLOCK, trailer]
         )
-        return packed if gzip else zlib.decompress(packed, 31, size)
+        return packed if gzip else isal_zlib.decompress(packed, 31, size)
