@@ -962,22 +962,13 @@ class _People:
             row = self.firsts[first][person]
         return row
 
-    def _shown(self, person: str) -> tuple[str, ...]:
-        """What `person`'s lines show of them: their `user` label and info labels."""
-        who = self.people.get(person)
-        if who is None:
-            return ()
-        return (who.name, who.groups, *self.info_of(who.row))
-
     def _relabel(self, touched: set[str]) -> None:
         """Bring the `touched` people's labels up to date (and whoever's `distinct` makes
         depend on theirs), and bump the versions of the pieces showing a changed one."""
-        before = {p: self._shown(p) for p in touched if p in self.people}
-        old = self._refresh(touched)
+        old, shown = self._refresh(touched)
         renamed = self._rename(old)
         # Who is new is only in reports that changed, whose pieces are redone anyway.
-        shown = {p for p in renamed if old.get(p, ()) is not None}
-        shown.update(p for p, was in before.items() if self._shown(p) != was)
+        shown.update(p for p in renamed if old.get(p, ()) is not None)
         infos: set[tuple[str, str, int]] = set()
         seats: set[str] = set()
         for person in shown:
@@ -992,10 +983,13 @@ class _People:
         if not self.team.keys().isdisjoint(shown):
             self._bump(("no group",))
 
-    def _refresh(self, touched: set[str]) -> dict[str, tuple[str, str] | None]:
+    def _refresh(self, touched: set[str]) -> tuple[dict[str, tuple[str, str] | None], set[str]]:
         """The `touched` people's rows, groups and values as they are now; returns whose
-        value (or email) changed, with their value and first-pass label before (None: new)."""
+        value (or email) changed, with their value and first-pass label before (None: new),
+        and who stays with other `groups` or info labels."""
         old: dict[str, tuple[str, str] | None] = {}
+        shown: set[str] = set()
+        info_of = self.info_of
         for person in touched:
             groups = self.member_of.get(person, ())
             row = self._row(person, groups)
@@ -1013,8 +1007,11 @@ class _People:
             value = who.value if same and self.mode == "hash" else self._value(row)
             if not same or value != who.value:
                 old[person] = (who.value, who.out)
-            who.row, who.groups, who.value = row, _groups_label(groups), value
-        return old
+            label = _groups_label(groups)
+            if label != who.groups or (row is not who.row and info_of(row) != info_of(who.row)):
+                shown.add(person)
+            who.row, who.groups, who.value = row, label, value
+        return old, shown
 
     def _value(self, row: UserStats) -> str:
         return _value(row, self.mode, self.salt)
