@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -186,6 +187,36 @@ def test_tls_client_certificates_are_required_and_verified(
         with tls_client(pki, cert) as client, pytest.raises(httpx.TransportError):
             client.get(running.url + "/metrics")
     with tls_client(pki, pki.client) as client:  # a refused client did not stop the server
+        assert client.get(running.url + "/-/healthy").status_code == 200
+
+
+def test_a_tls_hello_sent_a_byte_at_a_time_meets_one_deadline(
+    pki: Pki, serve: Callable[[dict[str, Any]], Running]
+) -> None:
+    running = serve({"tls_server_config": pki.server_tls()})
+    running.exporter.app.header_timeout = 0.5
+    host, port = running.url.removeprefix("https://").split(":")
+    # A ClientHello record announcing 512 bytes, sent a byte every 20 ms: each byte comes
+    # within the timeout a read would have, but the handshake has one deadline in all.
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(500)
+    sent = iter(hello)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+
+        def trickled_until_closed() -> bool:
+            try:
+                if conn.recv(1, socket.MSG_DONTWAIT) == b"":
+                    return True
+            except BlockingIOError:
+                conn.send(bytes([next(sent)]))
+                return False
+            except ConnectionResetError:
+                return True
+            raise AssertionError("the server answered a hello it never received whole")
+
+        started = time.monotonic()
+        wait_for(trickled_until_closed, timeout=10, what="the server to hang up")
+        assert time.monotonic() - started < 3  # one deadline of 0.5 s, not one per read
+    with tls_client(pki) as client:  # the server goes on serving
         assert client.get(running.url + "/-/healthy").status_code == 200
 
 
