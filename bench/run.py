@@ -23,6 +23,8 @@ machine, hence the ratios.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import gzip
 import http.client
 import json
@@ -335,6 +337,22 @@ def ratios(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def steady_heap() -> None:
+    """Gunzipping a body allocates its whole text at once. glibc maps such a block fresh (page
+    faults: 53 ms to gunzip 20,000 users' body) until a larger free raises its threshold, then
+    takes it from the heap (31 ms), so which one a scrape got hung on the bench's own history:
+    the floor's "+ gunzip" moved between 34 and 56 ms from run to run. Fixed thresholds make it
+    the same for every exporter and every run, and warm, as Prometheus' pooled scrape buffers
+    are: blocks up to glibc's most (32 MiB) from the heap, freed pages kept."""
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or not name:
+        return
+    libc = ctypes.CDLL(name)
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="", help="team sizes, e.g. 1000,10000,50000")
@@ -343,6 +361,7 @@ def main() -> None:
     parser.add_argument("--exporters", default=",".join(EXPORTERS), help="which to run")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
+    steady_heap()
     sizes = [int(s) for s in args.sizes.split(",") if s] or (
         [1000, 10000] if args.quick else [1000, 10000, 20000, 50000]
     )
