@@ -17,7 +17,8 @@ from collections.abc import Hashable
 from exporter.config import Config
 from exporter.exposition import Family, labels, number, piece
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
-from exporter.sources.user_page import TEAM_KEY, GroupReport, Replies, idle_counts, plan
+from exporter.sources.user_page import TEAM_KEY, Replies, idle_counts, plan
+from exporter.sources.user_rows import GroupReport
 
 _CACHED = " Cached from the last successful poll."
 
