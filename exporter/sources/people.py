@@ -1,7 +1,7 @@
-"""Naming people across the team: each person's `user` label in the configured labels.user mode
-(emails, salted hashes or names, made distinct), their info labels, and `People`, which keeps
-those labels from rendering to rendering and redoes only what changed. Apart from reading the
-replies (user_rows.py) and the families they give (user_page.py)."""
+"""Naming people across the team, apart from reading their rows (user_rows.py) and showing them
+(user_page.py): a person's `user` label in the labels.user mode (email, salted hash or name, made
+distinct) and info labels, and `People`, which keeps them from rendering to rendering so that a
+publish renames only whom a changed report touches."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Reading UserPageAnalytics replies into reports: the records a row becomes, each value read
-against its request and the limits, and one group's pages (one per activeDays window) merged by
-email into its users and aggregates. The data model the user page, the team and whois share,
-apart from how the people are named (people.py) and shown (user_page.py)."""
+"""UserPageAnalytics replies -> reports, apart from naming people (people.py) and rendering
+(user_page.py), so that the team, Cascade and whois read rows without either: each value read
+against its request and the limits, and a group's pages (one per activeDays window) merged by
+email into its users and aggregates."""
 
 from __future__ import annotations
 
