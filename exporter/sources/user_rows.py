@@ -1,7 +1,7 @@
-"""UserPageAnalytics replies -> reports, apart from naming people (people.py) and rendering
-(user_page.py), so that the team, Cascade and whois read rows without either: each value read
-against its request and the limits, and a group's pages (one per activeDays window) merged by
-email into its users and aggregates."""
+"""UserPageAnalytics replies -> reports: each value read against its request and the limits,
+and a group's pages (one per activeDays window) merged by email into its users and aggregates.
+The records the user page, the team, Cascade and whois share, apart from naming people
+(people.py) and rendering them (user_page.py)."""
 
 from __future__ import annotations
 
