@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NamedTuple
 
 from exporter.config import Config, Window
 from exporter.exposition import (
@@ -131,6 +131,39 @@ UNPARSABLE = _f(
     "windsurf_exporter_unparsable_values",
     "Values of the group's last poll read as unknown, by field: malformed, or impossible"
     " (negative, absurdly large, after the request)." + _CACHED,
+)
+
+
+class Aggregates(NamedTuple):
+    """The families a report's aggregates go to: a group's here, the team's in team.py."""
+
+    users: Family
+    billing_start: Family
+    billing_end: Family
+    updated: Family
+    active: Family
+    billable: Family
+    credits: Family
+    by_team_status: Family
+    by_role: Family
+    limited: Family
+    unparsable: Family
+    idle: Family
+
+
+GROUP_AGGREGATES = Aggregates(
+    users=GROUP_USERS,
+    billing_start=BILLING_START,
+    billing_end=BILLING_END,
+    updated=GROUP_UPDATED,
+    active=GROUP_ACTIVE,
+    billable=GROUP_BILLABLE,
+    credits=GROUP_CREDITS,
+    by_team_status=GROUP_STATUS,
+    by_role=GROUP_ROLE,
+    limited=LIMITED,
+    unparsable=UNPARSABLE,
+    idle=GROUP_IDLE,
 )
 
 
@@ -296,7 +329,8 @@ class _Lines:
         self._soon: dict[Family, Future[Piece]] = {}
 
     def add(self, family: Family, pairs: Sequence[tuple[str, str]], value: float) -> None:
-        self._lines.setdefault(family, []).append(f"{family.name}{labels(pairs)} {number(value)}\n")
+        text = labels(pairs) if pairs else ""  # a series without labels has no braces
+        self._lines.setdefault(family, []).append(f"{family.name}{text} {number(value)}\n")
 
     def extend(self, family: Family, lines: list[str]) -> None:
         """All of `family`'s lines (once a family)."""
@@ -313,10 +347,8 @@ class _Lines:
 
 
 def _group_piece(group: str, report: GroupReport, people: People, config: Config) -> Rendered:
-    lines = _Lines()
-    _group_lines(lines.add, group, report, _joined_active(report, people.team, config))
-    idle = idle_counts(GROUP_IDLE, [(("group", group), report.totals)], config)
-    aggregates = Rendered(static=lines.static(), dynamic={GROUP_IDLE: idle})
+    active = _joined_active(report, people.team, config)
+    aggregates = render_aggregates(GROUP_AGGREGATES, ("group", group), report, active, config)
     if not config.per_user:
         return aggregates
     # A member the team reply does not know yet (it changed between the requests) keeps the
@@ -420,33 +452,41 @@ def _joined(renders: Sequence[Callable[[float], Iterable[bytes]]], now: float) -
         yield from render(now)
 
 
-Add = Callable[[Family, Sequence[tuple[str, str]], float], None]
-
-
-def _group_lines(
-    add: Add, group: str, report: GroupReport, active: Sequence[tuple[str, int]]
-) -> None:
-    g = ("group", group)
-    add(GROUP_USERS, [g], report.rows)
+def render_aggregates(
+    families: Aggregates,
+    label: tuple[str, str] | None,
+    report: GroupReport,
+    active: Sequence[tuple[str, int]],
+    config: Config,
+) -> Rendered:
+    """A report's aggregates in `families`, each series under `label` (a group's; None: the
+    team's, unlabelled), with `active` users per window; a billing cycle or update time the
+    reply did not give is absent."""
+    g = [label] if label else []
+    lines = _Lines()
+    add = lines.add
+    add(families.users, g, report.rows)
     if report.billing_start is not None:
-        add(BILLING_START, [g], report.billing_start)
+        add(families.billing_start, g, report.billing_start)
     if report.billing_end is not None:
-        add(BILLING_END, [g], report.billing_end)
+        add(families.billing_end, g, report.billing_end)
     if report.updated is not None:
-        add(GROUP_UPDATED, [g], report.updated)
+        add(families.updated, g, report.updated)
     for window, count in active:
-        add(GROUP_ACTIVE, [g, ("window", window)], count)
+        add(families.active, [*g, ("window", window)], count)
     agg = report.totals
-    add(GROUP_BILLABLE, [g], agg.billable)
-    add(GROUP_CREDITS, [g], agg.prompt_credits)
+    add(families.billable, g, agg.billable)
+    add(families.credits, g, agg.prompt_credits)
     for status, count in agg.by_team_status:
-        add(GROUP_STATUS, [g, ("team_status", status)], count)
+        add(families.by_team_status, [*g, ("team_status", status)], count)
     for role, count in agg.by_role:
-        add(GROUP_ROLE, [g, ("role", role)], count)
+        add(families.by_role, [*g, ("role", role)], count)
     for limit in ("max_rows", "max_label_length", "max_label_values"):
-        add(LIMITED, [g, ("limit", limit)], report.limited.get(limit, 0))
+        add(families.limited, [*g, ("limit", limit)], report.limited.get(limit, 0))
     for key, count in report.unparsable.items():
-        add(UNPARSABLE, [g, ("field", key)], count)
+        add(families.unparsable, [*g, ("field", key)], count)
+    idle = idle_counts(families.idle, [(label, agg)], config)
+    return Rendered(static=lines.static(), dynamic={families.idle: idle})
 
 
 def _joined_active(
