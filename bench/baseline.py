@@ -38,6 +38,7 @@ from exporter.api import API_PATH
 from exporter.config import Config, load_config
 from exporter.exposition import Family
 from exporter.sources import user_page as u
+from exporter.sources.user_rows import FEATURES, GroupReport
 
 G = ("group",)
 U = ("group", "user")
@@ -67,7 +68,7 @@ LABELS: dict[Family, tuple[str, ...]] = {
 Sample = tuple[Family, tuple[str, ...], float | Callable[[], float]]
 
 
-def samples(config: Config, group: str, report: u.GroupReport, at: float) -> Iterator[Sample]:
+def samples(config: Config, group: str, report: GroupReport, at: float) -> Iterator[Sample]:
     """Every sample of a group's poll, ages as callbacks evaluated at scrape time."""
     yield UP, (group,), 1
     yield LAST_SUCCESS, (group,), at
@@ -92,7 +93,7 @@ def samples(config: Config, group: str, report: u.GroupReport, at: float) -> Ite
             yield u.USER_ACTIVE, (*who, label), days
         if user.prompt_credits is not None:
             yield u.USER_CREDITS, who, user.prompt_credits
-        for feature, last in zip(u.FEATURES, user.last_usage, strict=True):
+        for feature, last in zip(FEATURES, user.last_usage, strict=True):
             if last is not None:
                 yield u.USER_LAST, (*who, feature), last
                 yield u.USER_AGE, (*who, feature), age(last)
@@ -115,7 +116,7 @@ class Metrics:
         self.polls = PromCounter(POLLS.name, POLLS.help, G, registry=registry)
         self._set: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}
 
-    def update(self, group: str, report: u.GroupReport, at: float) -> None:
+    def update(self, group: str, report: GroupReport, at: float) -> None:
         """Set every series of the group, then remove the ones this poll did not set."""
         seen: set[tuple[Gauge, tuple[str, ...]]] = set()
         self.polls.labels(group).inc()
@@ -148,9 +149,9 @@ class ReportCollector(Collector):
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.reports: dict[str, tuple[u.GroupReport, float]] = {}
+        self.reports: dict[str, tuple[GroupReport, float]] = {}
 
-    def update(self, group: str, report: u.GroupReport, at: float) -> None:
+    def update(self, group: str, report: GroupReport, at: float) -> None:
         self.reports[group] = (report, at)
 
     def collect(self) -> Iterator[Metric]:
@@ -163,7 +164,7 @@ class ReportCollector(Collector):
         yield from families.values()
 
 
-def poll(config: Config, update: Callable[[str, u.GroupReport, float], None]) -> None:
+def poll(config: Config, update: Callable[[str, GroupReport, float], None]) -> None:
     """Poll every group once, one after the other, reporting each group's processing time."""
     key = config.api.service_key.reveal()
     with httpx.Client(timeout=config.api.timeout) as http:

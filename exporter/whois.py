@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from exporter.api import Client
 from exporter.config import Config
-from exporter.sources.user_page import UserStats, build_report, decode_page, plan, user_labels
+from exporter.sources.people import user_labels
+from exporter.sources.user_page import plan
+from exporter.sources.user_rows import UserStats, build_report, decode_page
 
 
 @dataclass(frozen=True)

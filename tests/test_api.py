@@ -14,7 +14,7 @@ import pytest
 
 from exporter.api import ApiError, Client, Clocks, KeyLimit, parse_retry_after
 from exporter.config import ApiConfig, Secret
-from exporter.sources.user_page import decode_page
+from exporter.sources.user_rows import decode_page
 from exporter.state import Reason
 from tests.conftest import REQUEST_TIME, page_request
 

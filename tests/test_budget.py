@@ -24,7 +24,7 @@ from exporter.config import (
 )
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Fault, Recorded, synthetic_team
 from exporter.poller import Poller, RateLimited, Reloaded, next_state
-from exporter.sources.user_page import build_report, decode_page
+from exporter.sources.user_rows import build_report, decode_page
 from exporter.state import Reason
 from tests import rows
 from tests.conftest import USER_PAGE_ONLY, Running, samples, series, wait_for

@@ -29,7 +29,8 @@ from exporter.config import Config, Window
 from exporter.exposition import Ages
 from exporter.sources.cascade import CASCADE, CascadeReport
 from exporter.sources.team import TEAM
-from exporter.sources.user_page import USER_PAGE, build_report, decode_page
+from exporter.sources.user_page import USER_PAGE
+from exporter.sources.user_rows import build_report, decode_page
 from exporter.state import Reason, Snapshot, SourceState
 from tests import rows
 from tests.conftest import USER_PAGE_ONLY, samples

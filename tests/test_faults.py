@@ -29,7 +29,7 @@ from exporter.api import ApiError, Client, Clocks
 from exporter.cli import Formatter
 from exporter.config import ApiConfig, Secret
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, Fault, Recorded, synthetic_team
-from exporter.sources.user_page import decode_page
+from exporter.sources.user_rows import decode_page
 from exporter.state import Reason
 from tests.conftest import (
     Running,

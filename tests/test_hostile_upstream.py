@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.api import ApiError, Client, Clocks
 from exporter.config import ApiConfig, Secret
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, synthetic_team
-from exporter.sources.user_page import decode_page
+from exporter.sources.user_rows import decode_page
 from exporter.state import Reason
 from tests.conftest import Running, page_request, samples, series
 

@@ -10,16 +10,10 @@ import pytest
 
 from exporter.config import Limits, Window, parse_config
 from exporter.sources.base import Request
+from exporter.sources.people import distinct
 from exporter.sources.team import TEAM
-from exporter.sources.user_page import (
-    USER_PAGE,
-    Page,
-    build_report,
-    decode_page,
-    distinct,
-    label_value,
-    person_key,
-)
+from exporter.sources.user_page import USER_PAGE
+from exporter.sources.user_rows import Page, build_report, decode_page, label_value, person_key
 from exporter.sources.values import count_field, parse_number, parse_time, time_field
 from exporter.state import MalformedResponse
 from tests.rows import ALICE, BOB

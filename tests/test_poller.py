@@ -14,7 +14,8 @@ from exporter.config import ApiConfig, Config, LabelConfig, PollConfig, Secret, 
 from exporter.demo import FakeWindsurf, Fault
 from exporter.poller import Poller, PollResult, PollState, Reloaded, next_state
 from exporter.sources.team import TEAM
-from exporter.sources.user_page import USER_PAGE, build_report, decode_page
+from exporter.sources.user_page import USER_PAGE
+from exporter.sources.user_rows import build_report, decode_page
 from exporter.state import Reason
 from tests import rows
 from tests.conftest import USER_PAGE_ONLY, wait_for

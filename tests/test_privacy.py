@@ -15,7 +15,8 @@ import pytest
 from exporter.collector import poll_requests
 from exporter.config import ConfigError, parse_config
 from exporter.demo import FakeWindsurf, synthetic_team
-from exporter.sources.user_page import UserStats, user_labels
+from exporter.sources.people import user_labels
+from exporter.sources.user_rows import UserStats
 from exporter.sources.values import parse_time
 from tests.conftest import Running, samples, series, wait_for
 

@@ -14,7 +14,8 @@ import pytest
 from exporter.config import Config, LabelConfig, Secret, Window
 from exporter.sources.base import Parts, Rendered
 from exporter.sources.team import TEAM
-from exporter.sources.user_page import USER_PAGE, GroupReport, build_report, decode_page
+from exporter.sources.user_page import USER_PAGE
+from exporter.sources.user_rows import GroupReport, build_report, decode_page
 from tests import rows
 from tests.conftest import inflated
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.collector import Collector
 from exporter.config import Config, Window
 from exporter.demo import FakeWindsurf, synthetic_team
-from exporter.sources.user_page import FEATURES, build_report, decode_page
+from exporter.sources.user_rows import FEATURES, build_report, decode_page
 from exporter.state import Snapshot
 from tests.test_collector import assert_gzip_is_the_plain_exposition, group_state
 

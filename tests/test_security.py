@@ -33,7 +33,7 @@ from exporter.api import ApiError, Client
 from exporter.cli import Formatter
 from exporter.config import ApiConfig, Secret
 from exporter.demo import FakeWindsurf, Fault, synthetic_team
-from exporter.sources.user_page import decode_page
+from exporter.sources.user_rows import decode_page
 from exporter.web import Authenticator
 from tests.conftest import ROOT, Process, Running, page_request, samples, wait_for, write_config_in
 from tests.test_faults import API, HEALTHY, POLL, ROWS

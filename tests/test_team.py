@@ -13,15 +13,10 @@ from exporter.collector import Collector
 from exporter.config import Config, ConfigError, Window, parse_config
 from exporter.demo import FakeWindsurf, Fault
 from exporter.sources.base import Parts
+from exporter.sources.people import INFO_BLOCK
 from exporter.sources.team import TEAM
-from exporter.sources.user_page import (
-    INFO_BLOCK,
-    USER_INFO,
-    USER_PAGE,
-    GroupReport,
-    build_report,
-    decode_page,
-)
+from exporter.sources.user_page import USER_INFO, USER_PAGE
+from exporter.sources.user_rows import GroupReport, build_report, decode_page
 from exporter.state import Snapshot, SourceState
 from tests import rows
 from tests.conftest import Running, inflated, samples, series, wait_for

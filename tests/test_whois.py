@@ -11,7 +11,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf
-from exporter.sources.user_page import user_hash
+from exporter.sources.people import user_hash
 
 SALT = "pepper-for-the-tests"
 

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from exporter.config import Config, Limits
 from exporter.exposition import Family, labels, number, piece
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
-from exporter.sources.user_page import bounded, label_value
+from exporter.sources.user_rows import bounded, label_value
 from exporter.sources.values import (
     MEMO,
     count_field,

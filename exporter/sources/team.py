@@ -15,9 +15,10 @@ import functools
 from collections.abc import Hashable
 
 from exporter.config import Config
-from exporter.exposition import Family, labels, number, piece
+from exporter.exposition import Family
 from exporter.sources.base import Health, Live, Parts, Rendered, Request
-from exporter.sources.user_page import TEAM_KEY, GroupReport, Replies, idle_counts, plan
+from exporter.sources.user_page import TEAM_KEY, Aggregates, Replies, plan, render_aggregates
+from exporter.sources.user_rows import GroupReport
 
 _CACHED = " Cached from the last successful poll."
 
@@ -63,6 +64,20 @@ TEAM_UNPARSABLE = _f(
 TEAM_IDLE = Family(
     "windsurf_team_idle_users", "Billable people idle longer than idle_for, at scrape time."
 )
+TEAM_AGGREGATES = Aggregates(
+    users=TEAM_USERS,
+    billing_start=TEAM_BILLING_START,
+    billing_end=TEAM_BILLING_END,
+    updated=TEAM_UPDATED,
+    active=TEAM_ACTIVE,
+    billable=TEAM_BILLABLE,
+    credits=TEAM_CREDITS,
+    by_team_status=TEAM_STATUS,
+    by_role=TEAM_ROLE,
+    limited=TEAM_LIMITED,
+    unparsable=TEAM_UNPARSABLE,
+    idle=TEAM_IDLE,
+)
 
 
 class Team(Replies):
@@ -72,20 +87,7 @@ class Team(Replies):
     collector: str = "user_page"
     reads: tuple[str, ...] = (TEAM_KEY[0],)
     health: Health | None = Health(prefix="team_", label="", subject="team")
-    families: tuple[Family, ...] = (
-        TEAM_USERS,
-        TEAM_BILLING_START,
-        TEAM_BILLING_END,
-        TEAM_UPDATED,
-        TEAM_ACTIVE,
-        TEAM_BILLABLE,
-        TEAM_CREDITS,
-        TEAM_STATUS,
-        TEAM_ROLE,
-        TEAM_LIMITED,
-        TEAM_UNPARSABLE,
-        TEAM_IDLE,
-    )
+    families: tuple[Family, ...] = TEAM_AGGREGATES
 
     def targets(self, config: Config) -> tuple[str, ...]:
         on = config.team and config.collector(self.collector).enabled
@@ -110,29 +112,5 @@ TEAM = Team()
 
 
 def render_team(team: GroupReport, config: Config) -> Rendered:
-    """The team's families; a billing cycle the reply did not give is absent."""
-    agg = team.totals
-    lines: dict[Family, list[tuple[str, float]]] = {
-        TEAM_USERS: [("", team.rows)],
-        TEAM_BILLING_START: [] if team.billing_start is None else [("", team.billing_start)],
-        TEAM_BILLING_END: [] if team.billing_end is None else [("", team.billing_end)],
-        TEAM_UPDATED: [] if team.updated is None else [("", team.updated)],
-        TEAM_ACTIVE: [(labels([("window", w)]), n) for w, n in agg.active],
-        TEAM_BILLABLE: [("", agg.billable)],
-        TEAM_CREDITS: [("", agg.prompt_credits)],
-        TEAM_STATUS: [(labels([("team_status", s)]), n) for s, n in agg.by_team_status],
-        TEAM_ROLE: [(labels([("role", r)]), n) for r, n in agg.by_role],
-        TEAM_LIMITED: [
-            (labels([("limit", limit)]), team.limited.get(limit, 0))
-            for limit in ("max_rows", "max_label_length", "max_label_values")
-        ],
-        TEAM_UNPARSABLE: [(labels([("field", f)]), n) for f, n in team.unparsable.items()],
-    }
-    static = {
-        family: piece("".join(f"{family.name}{pairs} {number(v)}\n" for pairs, v in values))
-        for family, values in lines.items()
-        if any(v is not None for _, v in values)
-    }
-    return Rendered(
-        static=static, dynamic={TEAM_IDLE: idle_counts(TEAM_IDLE, [(None, agg)], config)}
-    )
+    """The team's families: its aggregates as a group's, unlabelled."""
+    return render_aggregates(TEAM_AGGREGATES, None, team, team.totals.active, config)
