@@ -1,5 +1,6 @@
-"""The upstream endpoints the exporter reads, one module each; `SOURCES` registers them in
-exposition order. The interface a source implements is in `base.py`."""
+"""The upstream endpoints the exporter reads, a source each; `SOURCES` registers them in
+exposition order. The interface a source implements is in `base.py`; UserPageAnalytics' replies
+are read in `user_rows.py` and its people named in `people.py`, for the user page and the team."""
 
 from __future__ import annotations
 
