@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -447,34 +448,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"windsurf-exporter: {err}", file=sys.stderr)
         return EXIT_CONFIG
     holder["exporter"] = exporter
-    stopping = threading.Event()
-    reloading = threading.Event()
-    wake = threading.Event()
+    return _serve(exporter, args.listen_address)
 
-    def on_stop(signum: int, frame: object) -> None:
-        stopping.set()
-        wake.set()
 
-    def on_hup(signum: int, frame: object) -> None:
-        reloading.set()
-        wake.set()
+_STOP = frozenset({signal.SIGTERM, signal.SIGINT})
 
-    # Before start(): a signal that arrives right after the startup line must not kill us.
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
-    try:
-        exporter.start()
-    except OSError as err:
-        log.error("cannot listen on %s: %s", args.listen_address, err.strerror)
-        exporter.stop()
-        return EXIT_FAILURE
-    while not stopping.is_set():
-        wake.wait()
-        wake.clear()
-        if reloading.is_set() and not stopping.is_set():
-            reloading.clear()
-            exporter.reload()
+
+def _serve(exporter: Exporter, listen: str) -> int:
+    """Serve until SIGTERM or SIGINT, reloading on SIGHUP.
+
+    The kernel may hand a signal to any thread, and Python runs its handler only when the main
+    thread next runs: one waiting on a lock slept through SIGTERM now and then, until killed.
+    So the main thread waits on a wakeup fd, to which each signal writes its number, whichever
+    thread took it; the handlers themselves do nothing.
+    """
+    waker, woken = socket.socketpair()
+    with waker, woken:
+        waker.setblocking(False)
+        previous = signal.set_wakeup_fd(waker.fileno(), warn_on_full_buffer=False)
+        # Before start(): a signal that arrives right after the startup line must not kill us.
+        for signum in _STOP | {signal.SIGHUP}:
+            signal.signal(signum, lambda signum, frame: None)
+        try:
+            try:
+                exporter.start()
+            except OSError as err:
+                log.error("cannot listen on %s: %s", listen, err.strerror)
+                exporter.stop()
+                return EXIT_FAILURE
+            while not _STOP.intersection(received := set(woken.recv(64))):
+                if signal.SIGHUP in received:
+                    exporter.reload()
+        finally:
+            signal.set_wakeup_fd(previous)
     log.info("shutting down")
     exporter.stop()
     return 0

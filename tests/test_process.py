@@ -4,6 +4,7 @@ bad one, health and readiness answer, and scrapes always see one whole snapshot.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -73,6 +74,49 @@ def test_stop_signal_right_after_the_startup_line_still_exits_0(
     process = exporter_process("--config.file", str(config))
     process.proc.send_signal(signal.SIGTERM)  # the handlers are in place before that line
     assert process.proc.wait(timeout=2) == 0
+
+
+# Runs the real CLI in a child's main thread; a thread of its own takes the signal, once the
+# main thread waits: the kernel hands a process's signal to any of its threads.
+_SIGNAL_TO_ANOTHER_THREAD = """
+import signal, sys, threading
+from exporter import cli
+
+def started():  # the web server runs and the main thread is out of start(): it waits
+    frame = sys._current_frames()[threading.main_thread().ident]
+    names = set()
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        frame = frame.f_back
+    return "start" not in names and any(t.name == "web" for t in threading.enumerate())
+
+def kill_from_a_thread():
+    while not started():
+        threading.Event().wait(0.01)
+    signal.pthread_kill(threading.get_ident(), signal.SIGNUM)
+
+threading.Thread(target=kill_from_a_thread, daemon=True).start()
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_another_thread_takes_is_acted_on(
+    fake_api: FakeWindsurf,
+    write_config: Callable[..., Path],
+    exporter_process: Callable[..., Process],
+    signum: signal.Signals,
+) -> None:
+    config = write_config(config_for(fake_api, ["engineering"]))
+    script = _SIGNAL_TO_ANOTHER_THREAD.replace("SIGNUM", signum.name)
+    process = exporter_process("--config.file", str(config), command=[sys.executable, "-c", script])
+    if signum == signal.SIGTERM:
+        assert process.proc.wait(timeout=10) == 0
+        assert "shutting down" in output(process)
+    else:
+        wait_for(lambda: "config reloaded" in output(process), what="the reload")
+        process.proc.send_signal(signal.SIGTERM)
+        assert process.proc.wait(timeout=10) == 0
 
 
 @pytest.fixture
