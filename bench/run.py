@@ -23,8 +23,6 @@ machine, hence the ratios.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import gzip
 import http.client
 import json
@@ -48,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from exporter import cli
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, synthetic_team
 
 HERE = Path(__file__).resolve().parent
@@ -344,13 +343,10 @@ def steady_heap() -> None:
     the floor's "+ gunzip" moved between 34 and 56 ms from run to run. Fixed thresholds make it
     the same for every exporter and every run, and warm, as Prometheus' pooled scrape buffers
     are: blocks up to glibc's most (32 MiB) from the heap, freed pages kept."""
-    name = ctypes.util.find_library("c")
-    if sys.platform != "linux" or not name:
-        return
-    libc = ctypes.CDLL(name)
-    if hasattr(libc, "mallopt"):
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+    mallopt = cli._MALLOPT  # None under another C library than glibc
+    if mallopt is not None:
+        mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
 
 
 def main() -> None:

@@ -196,8 +196,9 @@ def _zeros(power: int) -> tuple[array[int], ...]:
     isal_zlib.crc32 gives the update of one zero byte (without its pre- and post-inversion);
     each next power is the one before applied twice."""
     if power == 0:
-        one = [isal_zlib.crc32(b"\0", (1 << bit) ^ 0xFFFFFFFF) for bit in range(32)]
-        columns = [c ^ 0xFFFFFFFF for c in one]
+        columns = [
+            isal_zlib.crc32(b"\0", (1 << bit) ^ 0xFFFFFFFF) ^ 0xFFFFFFFF for bit in range(32)
+        ]
     else:
         columns = [_shifted(power - 1, _shifted(power - 1, 1 << bit)) for bit in range(32)]
     tables = []

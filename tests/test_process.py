@@ -112,7 +112,7 @@ def test_a_signal_another_thread_takes_is_acted_on(
     process = exporter_process("--config.file", str(config), command=[sys.executable, "-c", script])
     if signum == signal.SIGTERM:
         assert process.proc.wait(timeout=10) == 0
-        assert "shutting down" in output(process)
+        wait_for(lambda: "shutting down" in output(process), what="the shutdown line")
     else:
         wait_for(lambda: "config reloaded" in output(process), what="the reload")
         process.proc.send_signal(signal.SIGTERM)
