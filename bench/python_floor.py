@@ -7,10 +7,10 @@ in one process, alternating, the best of three each.
 
 The floor reads each value the exporter reads once, unchecked (a dict lookup; a time one float()
 of a slice; and again with its times read by the exporter's RFC 3339 reader, `parse_time`), sums
-Cascade's run rows by (day, model, mode), and writes each per-user line the
-exporter writes once at a poll with one f-string from ready label strings, never escaping,
-naming nobody across groups, counting nothing and compressing nothing. Where the floor alone is
-near the goal, no pure-Python exporter meets it. The replies are those of `bench/run.py`'s
+Cascade's run rows by (day, model, mode), and writes each per-user line the exporter writes
+once at a poll with one f-string from ready label strings, never escaping, naming nobody across
+groups, counting nothing and compressing nothing. Where the floor alone is near the goal, no
+pure-Python exporter meets it. The replies are those of `bench/run.py`'s
 config for the variant, fetched from the demo's fake API and decoded as the exporter decodes
 them (the decoding is timed by neither, as run.py's poll -> data leaves it out).
 """
