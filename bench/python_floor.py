@@ -84,7 +84,7 @@ def floor(
     """The least work of the same poll (see the module's docstring), its times read by
     `read_time`; seconds and lines."""
     began = time.perf_counter()
-    members: list[tuple[str, list[Any]]] = []
+    members: list[tuple[str | None, list[Any]]] = []
     usage: dict[tuple[Any, Any, Any], list[float]] = {}
     for source, target, docs in replies:
         for request, doc in docs:
@@ -92,11 +92,16 @@ def floor(
                 _runs(doc, usage)
             elif request.full:
                 rows = [_row(r, read_time) for r in doc.get("userTableStats", ())]
-                if source.name == "user_page":
-                    members.append((target, rows))
+                members.append((target if source.name == "user_page" else None, rows))
             else:
                 [(r.get("email"), r.get("activeDays")) for r in doc.get("userTableStats", ())]
-    lines = _lines(members, windows)
+    # The team's people in no group are shown under group="".
+    grouped = {row[0] for group, rows in members if group is not None for row in rows}
+    shown = [
+        (group, rows) if group is not None else ("", [r for r in rows if r[0] not in grouped])
+        for group, rows in members
+    ]
+    lines = _lines(shown, windows)
     return time.perf_counter() - began, len(lines)
 
 
@@ -122,7 +127,8 @@ def _runs(doc: dict[str, Any], usage: dict[tuple[Any, Any, Any], list[float]]) -
 
 
 def _lines(members: list[tuple[str, list[Any]]], windows: Sequence[str]) -> list[str]:
-    """Each member's per-user lines of a poll, as many as the exporter's, from ready labels."""
+    """Each member's per-user lines of a poll, from ready labels: as many as the exporter
+    writes when it renders the poll (counted against its exposition by hand)."""
     out: list[str] = []
     add = out.append
     last = "windsurf_user_last_usage_timestamp_seconds"
@@ -131,8 +137,7 @@ def _lines(members: list[tuple[str, list[Any]]], windows: Sequence[str]) -> list
             w = f'{{group="{group}",user="{email}"'
             for window in windows:
                 add(f'windsurf_user_active_days{w},window="{window}"}} {days}\n')
-            if credits is not None:
-                add(f"windsurf_user_prompt_credits_used{w}}} {credits}\n")
+            add(f"windsurf_user_prompt_credits_used{w}}} {credits or 0}\n")  # absent: 0
             for feature, t in zip(("autocomplete", "chat", "command"), used, strict=True):
                 if t is not None:
                     add(f'{last}{w},feature="{feature}"}} {t!r}\n')
