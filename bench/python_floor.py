@@ -89,7 +89,7 @@ def floor(
     for source, target, docs in replies:
         for request, doc in docs:
             if source.name == "cascade":
-                _runs(doc, usage)
+                _runs(doc, usage, request.limits.max_rows)
             elif request.full:
                 rows = [_row(r, read_time) for r in doc.get("userTableStats", ())]
                 members.append((target if source.name == "user_page" else None, rows))
@@ -113,9 +113,10 @@ def _row(row: dict[str, Any], read_time: Callable[[str], Any]) -> list[Any]:
     return values
 
 
-def _runs(doc: dict[str, Any], usage: dict[tuple[Any, Any, Any], list[float]]) -> None:
+def _runs(doc: dict[str, Any], usage: dict[tuple[Any, Any, Any], list[float]], most: int) -> None:
+    """The run rows summed, no more of them than the exporter keeps (limits.max_rows)."""
     for entry in doc.get("queryResults", ()):
-        for row in entry.get("cascadeRuns", {}).get("cascadeRuns", ()):
+        for row in entry.get("cascadeRuns", {}).get("cascadeRuns", ())[:most]:
             if type(row) is RunRow:  # the exporter's JSON hook makes every run row one
                 day, model, mode, messages, prompts, _ = row
                 total = usage.get((day, model, mode))
