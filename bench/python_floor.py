@@ -34,6 +34,15 @@ from exporter.config import Config, load_config
 from exporter.demo import DEMO_SERVICE_KEY, FakeWindsurf, synthetic_team
 from exporter.sources import SOURCES, Request, Source
 from exporter.sources.cascade import RunRow
+from exporter.sources.user_page import (
+    USER_ACTIVE,
+    USER_CREDITS,
+    USER_DISABLED,
+    USER_INFO,
+    USER_LAST,
+    USER_SIGNUP,
+)
+from exporter.sources.user_rows import FEATURES
 from exporter.sources.values import parse_time
 from exporter.state import Snapshot, SourceState
 
@@ -114,17 +123,26 @@ def _row(row: dict[str, Any], read_time: Callable[[str], Any]) -> list[Any]:
 
 
 def _runs(doc: dict[str, Any], usage: dict[tuple[Any, Any, Any], list[float]], most: int) -> None:
-    """The run rows summed, no more of them than the exporter keeps (limits.max_rows)."""
+    """The run rows summed, those the exporter keeps: limits.max_rows rows of the reply, of
+    every kind, in order."""
     for entry in doc.get("queryResults", ()):
-        for row in entry.get("cascadeRuns", {}).get("cascadeRuns", ())[:most]:
-            if type(row) is RunRow:  # the exporter's JSON hook makes every run row one
-                day, model, mode, messages, prompts, _ = row
-                total = usage.get((day, model, mode))
-                if total is None:
-                    usage[day, model, mode] = [float(messages or 0), float(prompts or 0)]
-                else:
-                    total[0] += float(messages or 0)
-                    total[1] += float(prompts or 0)
+        for key, inner in entry.items():
+            rows = inner.get(key, ())[:most]
+            most -= len(rows)
+            if key == "cascadeRuns":
+                _summed(rows, usage)
+
+
+def _summed(rows: list[Any], usage: dict[tuple[Any, Any, Any], list[float]]) -> None:
+    for row in rows:
+        if type(row) is RunRow:  # the exporter's JSON hook makes every run row one
+            day, model, mode, messages, prompts, _ = row
+            total = usage.get((day, model, mode))
+            if total is None:
+                usage[day, model, mode] = [float(messages or 0), float(prompts or 0)]
+            else:
+                total[0] += float(messages or 0)
+                total[1] += float(prompts or 0)
 
 
 def _lines(members: list[tuple[str, list[Any]]], windows: Sequence[str]) -> list[str]:
@@ -132,21 +150,22 @@ def _lines(members: list[tuple[str, list[Any]]], windows: Sequence[str]) -> list
     writes when it renders the poll (counted against its exposition by hand)."""
     out: list[str] = []
     add = out.append
-    last = "windsurf_user_last_usage_timestamp_seconds"
+    active, credit, last = USER_ACTIVE.name, USER_CREDITS.name, USER_LAST.name
+    signed, disabled_, info = USER_SIGNUP.name, USER_DISABLED.name, USER_INFO.name
     for group, rows in members:
         for email, name, role, status, days, credits, signup, *used, disabled in rows:
             w = f'{{group="{group}",user="{email}"'
             for window in windows:
-                add(f'windsurf_user_active_days{w},window="{window}"}} {days}\n')
-            add(f"windsurf_user_prompt_credits_used{w}}} {credits or 0}\n")  # absent: 0
-            for feature, t in zip(("autocomplete", "chat", "command"), used, strict=True):
+                add(f'{active}{w},window="{window}"}} {days}\n')
+            add(f"{credit}{w}}} {credits or 0}\n")  # absent: 0
+            for feature, t in zip(FEATURES, used, strict=True):
                 if t is not None:
                     add(f'{last}{w},feature="{feature}"}} {t!r}\n')
             if signup is not None:
-                add(f"windsurf_user_signup_timestamp_seconds{w}}} {signup!r}\n")
-            add(f"windsurf_user_disabled{w}}} {int(bool(disabled))}\n")
+                add(f"{signed}{w}}} {signup!r}\n")
+            add(f"{disabled_}{w}}} {int(bool(disabled))}\n")
             add(
-                f'windsurf_user_info{w},name="{name}",email="{email}",role="{role}",'
+                f'{info}{w},name="{name}",email="{email}",role="{role}",'
                 f'team_status="{status}",groups="{group}"}} 1\n'
             )
     return out
